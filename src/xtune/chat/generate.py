@@ -1,0 +1,78 @@
+"""Token-by-token generation with a KV cache, streaming, and stopping at the template's stop words."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    stop_words: list[str] = field(default_factory=list)
+
+
+def _next_token(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None) -> int:
+    if settings.temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / settings.temperature, dim=-1)
+    if settings.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < settings.top_p  # always keeps the top token
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    input_ids: list[int],
+    settings: GenerationSettings,
+    on_text: Callable[[str], None] | None = None,
+    generator: torch.Generator | None = None,
+) -> str:
+    """Generate a reply to `input_ids`; returns it without the stop word. `on_text` receives text as it
+    becomes final (held back while it could still be the start of a stop word)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ids = torch.tensor([input_ids], device=device)
+    # transformers 5 renamed past_key_values to cache; accept either so any 5.x release works.
+    from xtune.train.loss import causal_lm
+
+    cache_arg = "cache" if "cache" in inspect.signature(causal_lm(model).forward).parameters else "past_key_values"
+    cache, new_ids, emitted = None, [], 0
+    text = ""
+    hold = max((len(w) for w in settings.stop_words), default=1) - 1
+    try:
+        for _ in range(settings.max_new_tokens):
+            out = model(input_ids=ids, use_cache=True, **{cache_arg: cache})
+            cache = getattr(out, cache_arg)
+            token = _next_token(out.logits[0, -1], settings, generator)
+            if token == tokenizer.eos_token_id:
+                break
+            new_ids.append(token)
+            text = tokenizer.decode(new_ids, skip_special_tokens=False)
+            stop_at = min((i for w in settings.stop_words if (i := text.find(w)) >= 0), default=None)
+            if stop_at is not None:
+                text = text[:stop_at]
+                break
+            if on_text and not text.endswith("\ufffd"):  # wait for multi-byte characters to complete
+                final = len(text) - hold
+                if final > emitted:
+                    on_text(text[emitted:final])
+                    emitted = final
+            ids = torch.tensor([[token]], device=device)
+    finally:
+        model.train(was_training)
+    text = text.rstrip("\ufffd")
+    if on_text and len(text) > emitted:
+        on_text(text[emitted:])
+    return text

@@ -1,0 +1,153 @@
+"""The `xtune` command line. Thin: it parses arguments and calls the library; user errors print one clear
+message and exit 2, bugs keep their traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from xtune.errors import XtuneError
+
+
+def cmd_list_cfg(args: argparse.Namespace) -> None:
+    from xtune.config import list_presets
+
+    names = list_presets(args.pattern)
+    if not names:
+        raise XtuneError(f"no preset matches {args.pattern!r}; `xtune list-cfg` lists all")
+    print("\n".join(names))
+
+
+def cmd_copy_cfg(args: argparse.Namespace) -> None:
+    from xtune.config import preset_yaml
+    from xtune.config.presets import PRESETS
+
+    if args.name not in PRESETS:
+        from xtune.config import resolve_config
+
+        resolve_config(args.name)  # raises with "did you mean"
+    out_dir = Path(args.dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{args.name}_copy.yaml"
+    if path.exists() and not args.force:
+        raise XtuneError(f"{path} exists; pass --force to overwrite it")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(preset_yaml(args.name), encoding="utf-8")
+    tmp.replace(path)
+    print(f"copied {args.name} to {path}")
+
+
+def cmd_list_dataset_format(args: argparse.Namespace) -> None:
+    from xtune.data.formats import MAP_FUNCTIONS
+
+    for name, fn in MAP_FUNCTIONS.items():
+        print(f"{name:10s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from xtune.config import resolve_config
+    from xtune.train.recipe import FinetuneRecipe
+
+    cfg, name = resolve_config(args.config, args.set or [])
+    work_dir = Path(args.work_dir or cfg.work_dir or Path("work_dirs") / name)
+    if args.resume not in (None, True):
+        resume: str | bool | None = args.resume
+    else:
+        resume = args.resume
+    recipe = FinetuneRecipe(cfg, work_dir)
+    recipe.setup(resume=resume)
+    out = recipe.train()
+    print(f"done: {out}")
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from xtune.chat.cli import run_chat
+
+    run_chat(args)
+
+
+def cmd_convert_merge(args: argparse.Namespace) -> None:
+    from xtune.models.export import merge_adapter
+
+    out = merge_adapter(
+        args.base, args.adapter, args.out, trust_remote_code=args.trust_remote_code, max_shard_size=args.max_shard_size
+    )
+    print(f"merged model written to {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xtune", description="Fine-tune LLMs with one config file.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list-cfg", help="list built-in presets")
+    p.add_argument("-p", "--pattern", help="substring or glob, e.g. internlm2 or '*qlora*'")
+    p.set_defaults(func=cmd_list_cfg)
+
+    p = sub.add_parser("copy-cfg", help="write an editable copy of a preset")
+    p.add_argument("name")
+    p.add_argument("dir")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_copy_cfg)
+
+    p = sub.add_parser("list-dataset-format", help="list the built-in dataset map functions")
+    p.set_defaults(func=cmd_list_dataset_format)
+
+    p = sub.add_parser("train", help="train from a config file or preset name")
+    p.add_argument("config", help="a YAML config path or a preset name (xtune list-cfg)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. training.lr=1e-4")
+    p.add_argument("--work-dir", help="where checkpoints, logs and the final model go")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="CHECKPOINT",
+        help="continue from the latest checkpoint in the work dir, or from CHECKPOINT",
+    )
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("chat", help="chat with a model, a trained adapter, or a merged model")
+    p.add_argument("model", help="a model directory, or an adapter directory (its base is found automatically)")
+    p.add_argument("--adapter", help="a PEFT adapter directory to apply to MODEL")
+    p.add_argument("--bits", type=int, choices=[4, 8], help="load the base quantised (bitsandbytes)")
+    p.add_argument("--template", help="chat template name; default: the one the model was trained with")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--top-p", type=float, default=0.9)
+    p.add_argument("--greedy", action="store_true", help="deterministic decoding (temperature 0)")
+    p.add_argument("--stop-words", nargs="+", default=[], help="extra stop words")
+    p.add_argument("--prompt", action="append", help="answer this prompt and exit (repeat for several turns)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("convert", help="convert or merge models")
+    convert = p.add_subparsers(dest="convert_command", required=True)
+    m = convert.add_parser("merge", help="merge a LoRA adapter into its base model")
+    m.add_argument("base")
+    m.add_argument("adapter")
+    m.add_argument("out")
+    m.add_argument("--max-shard-size", default="5GB")
+    m.add_argument("--trust-remote-code", action="store_true")
+    m.set_defaults(func=cmd_convert_merge)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # xtune never downloads; fail fast instead of hanging
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except XtuneError as e:
+        print(f"xtune: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

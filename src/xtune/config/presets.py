@@ -1,0 +1,129 @@
+"""Presets built from parts (model family x method x dataset), named the XTuner way.
+
+XTuner v0 shipped hundreds of near-identical config files; here each preset is one line of composition,
+and `xtune copy-cfg` writes the resolved YAML for a user to edit.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from typing import Any
+
+# Paths are Hugging Face repo ids: xtune never downloads, so they resolve only from a local directory of that
+# name or the local Hugging Face cache; otherwise the error says how to fetch the model and set model.path.
+FAMILIES: dict[str, dict[str, Any]] = {
+    "internlm2_chat_1_8b": {
+        "model": {"path": "internlm/internlm2-chat-1_8b", "trust_remote_code": True},
+        "data": {"template": "internlm2_chat"},
+    },
+    "internlm2_chat_7b": {
+        "model": {"path": "internlm/internlm2-chat-7b", "trust_remote_code": True},
+        "data": {"template": "internlm2_chat"},
+    },
+    "qwen2_1_5b_instruct": {"model": {"path": "Qwen/Qwen2-1.5B-Instruct"}, "data": {"template": "qwen_chat"}},
+    "qwen2_7b_instruct": {"model": {"path": "Qwen/Qwen2-7B-Instruct"}, "data": {"template": "qwen_chat"}},
+    "llama3_8b_instruct": {
+        "model": {"path": "meta-llama/Meta-Llama-3-8B-Instruct"},
+        "data": {"template": "llama3_chat"},
+    },
+}
+
+METHODS: dict[str, dict[str, Any]] = {
+    "full": {"model": {"method": "full", "gradient_checkpointing": True}, "training": {"lr": 2e-5}},
+    "lora": {"model": {"method": "lora", "lora": {"r": 64, "alpha": 16, "dropout": 0.1}}, "training": {"lr": 2e-4}},
+    "qlora": {
+        "model": {"method": "qlora", "lora": {"r": 64, "alpha": 16, "dropout": 0.1}, "gradient_checkpointing": True},
+        "training": {"lr": 2e-4},
+    },
+}
+
+DATASETS: dict[str, dict[str, Any]] = {
+    # https://huggingface.co/datasets/tatsu-lab/alpaca, saved locally as JSON.
+    "alpaca": {"data": {"datasets": [{"path": "data/alpaca_data.json", "format": "alpaca"}]}},
+    # https://huggingface.co/datasets/timdettmers/openassistant-guanaco, saved locally as JSONL.
+    "oasst1": {"data": {"datasets": [{"path": "data/openassistant-guanaco/train.jsonl", "format": "oasst1"}]}},
+}
+
+BASE: dict[str, Any] = {
+    "data": {"max_length": 2048, "pack_to_max_length": True, "shuffle": True},
+    "training": {
+        "batch_size": 1,
+        "gradient_accumulation": 16,
+        "lr_schedule": "cosine",
+        "warmup_ratio": 0.03,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "seed": 0,
+    },
+    "saving": {"save_steps": 500, "save_total_limit": 2},
+    "evaluation": {"freq": 500, "inputs": ["请给我介绍五个上海的景点", "Please tell me five scenic spots in Shanghai"]},
+}
+
+# The built-in demo: a tiny Llama with a tokenizer trained by scripts/make_tiny_assets.py, randomly initialised,
+# learning the bundled personal-assistant data in a few minutes on two CPU cores.
+TINY_ASSISTANT: dict[str, Any] = {
+    "model": {"path": "builtin:tiny-llama", "random_init": True, "dtype": "float32"},
+    "data": {
+        "datasets": [{"path": "builtin:data/tiny_assistant.jsonl", "format": "openai"}],
+        "template": "qwen_chat",
+        "max_length": 256,
+        "pack_to_max_length": False,
+    },
+    "training": {
+        "epochs": None,
+        "max_steps": 300,
+        "batch_size": 8,
+        "gradient_accumulation": 1,
+        "warmup_ratio": 0.05,
+        "log_every": 10,
+        "mixed_precision": "no",
+    },
+    "saving": {"save_steps": 100, "save_total_limit": 2},
+    "evaluation": {"freq": 100, "inputs": ["请介绍一下你自己", "What is the capital of France?"], "max_new_tokens": 48},
+}
+TINY_METHODS: dict[str, dict[str, Any]] = {
+    "lora": {"model": {"method": "lora", "lora": {"r": 64, "alpha": 128, "dropout": 0.0}}, "training": {"lr": 3e-3}},
+    "full": {"model": {"method": "full"}, "training": {"lr": 1e-3}},
+    "qlora": {"model": {"method": "qlora", "lora": {"r": 64, "alpha": 128, "dropout": 0.0}}, "training": {"lr": 3e-3}},
+}
+
+
+def merge(base: dict, *updates: dict) -> dict:
+    """Deep-merge dicts; later values win, lists are replaced whole."""
+    out = copy.deepcopy(base)
+    for update in updates:
+        for key, value in update.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merge(out[key], value)
+            else:
+                out[key] = copy.deepcopy(value)
+    return out
+
+
+def _build() -> dict[str, dict[str, Any]]:
+    presets = {}
+    for family, family_part in FAMILIES.items():
+        for method, method_part in METHODS.items():
+            for dataset, dataset_part in DATASETS.items():
+                presets[f"{family}_{method}_{dataset}_e3"] = merge(
+                    BASE, family_part, method_part, dataset_part, {"training": {"epochs": 3}}
+                )
+    for method, method_part in TINY_METHODS.items():
+        presets[f"tiny_assistant_{method}"] = merge(TINY_ASSISTANT, method_part)
+    return presets
+
+
+PRESETS: dict[str, dict[str, Any]] = _build()
+
+
+def list_presets(pattern: str | None = None) -> list[str]:
+    names = sorted(PRESETS)
+    if pattern:
+        glob = pattern if any(c in pattern for c in "*?[") else f"*{pattern}*"
+        names = [n for n in names if fnmatch.fnmatch(n, glob)]
+    return names
+
+
+def get_preset(name: str) -> dict[str, Any]:
+    return copy.deepcopy(PRESETS[name])

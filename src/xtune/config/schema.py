@@ -1,0 +1,195 @@
+"""The typed schema of an xtune config, and loading YAML into it with errors a user can act on."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from xtune.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSettings(_Section):
+    r: int = Field(64, gt=0)
+    alpha: float = 16.0
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    # "all-linear" is PEFT's shorthand for every Linear layer except the output head.
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class ModelSettings(_Section):
+    path: str = Field(description="Local model directory (or a builtin: asset such as builtin:tiny-llama).")
+    method: Literal["full", "lora", "qlora"] = "lora"
+    lora: LoraSettings = LoraSettings()
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+    # Build the weights from config.json with a seeded random init instead of loading them (tiny demos, tests).
+    random_init: bool = False
+
+
+class DatasetSettings(_Section):
+    path: str
+    format: str = Field("alpaca", description="A map function name (xtune list-dataset-format) or module:fn.")
+
+
+class DataSettings(_Section):
+    datasets: list[DatasetSettings] = Field(min_length=1)
+    template: str = "default"
+    system: str | None = Field(None, description="System prompt added to every sample that has none.")
+    max_length: int = Field(2048, gt=1)
+    pack_to_max_length: bool = False
+    shuffle: bool = True
+
+
+class TrainingSettings(_Section):
+    epochs: int | None = Field(3, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="Optimizer steps; overrides epochs when set.")
+    batch_size: int = Field(1, gt=0)
+    gradient_accumulation: int = Field(16, gt=0)
+    lr: float = Field(2e-4, gt=0)
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    seed: int = 0
+    mixed_precision: Literal["auto", "bf16", "no"] = "auto"
+    log_every: int = Field(10, gt=0)
+
+    @model_validator(mode="after")
+    def _epochs_or_steps(self) -> TrainingSettings:
+        if self.epochs is None and self.max_steps is None:
+            raise ValueError("set training.epochs or training.max_steps")
+        return self
+
+
+class SavingSettings(_Section):
+    save_steps: int = Field(500, gt=0)
+    save_total_limit: int = Field(2, gt=0)
+
+
+class EvaluationSettings(_Section):
+    inputs: list[str] = []
+    freq: int = Field(500, gt=0)
+    system: str | None = None
+    max_new_tokens: int = Field(64, gt=0)
+
+
+class Config(_Section):
+    model: ModelSettings
+    data: DataSettings
+    training: TrainingSettings = TrainingSettings()
+    saving: SavingSettings = SavingSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
+    work_dir: str | None = Field(None, description="Defaults to work_dirs/<config name>.")
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Read a YAML config, apply `key.sub=value` overrides, and validate it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections (model, data, training, ...)")
+    for override in overrides:
+        apply_override(raw, override)
+    return validate_config(raw, source=str(path), yaml_text=text)
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Apply one `--set a.b.c=value` to a raw config dict; the value is parsed as YAML."""
+    key, sep, value = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {override!r}: expected KEY=VALUE, for example --set training.lr=1e-4")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {override!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def validate_config(raw: dict[str, Any], source: str = "<config>", yaml_text: str | None = None) -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, source, yaml_text)) from None
+
+
+def _describe(error: ValidationError, source: str, yaml_text: str | None) -> str:
+    lines = [f"{source}: invalid config"]
+    for err in error.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc)
+        where = _line_of(yaml_text, loc)
+        prefix = f"  {source}{f':{where}' if where else ''}: "
+        if err["type"] == "extra_forbidden":
+            known = _known_keys(loc[:-1])
+            match = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = (
+                f"did you mean '{'.'.join([*map(str, loc[:-1]), match[0]])}'?"
+                if match
+                else (f"known keys here: {', '.join(known)}")
+            )
+            lines.append(f"{prefix}unknown key '{key}'; {hint}")
+        elif err["type"] == "missing":
+            lines.append(f"{prefix}missing required key '{key}'")
+        else:
+            lines.append(f"{prefix}'{key}': {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """Field names of the schema section at `loc` (list indices skipped)."""
+    model: type[BaseModel] = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _line_of(yaml_text: str | None, loc: tuple) -> int | None:
+    """1-based line of the key at `loc` in the YAML text, or of its deepest existing parent."""
+    if not yaml_text:
+        return None
+    try:
+        node = yaml.compose(yaml_text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if match is None:
+                break
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line

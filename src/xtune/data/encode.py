@@ -1,0 +1,77 @@
+"""Samples -> token ids and labels. This is where labels are masked.
+
+The whole rendered text is tokenized at once (so ids equal what the tokenizer gives for the full chat, as
+`apply_chat_template` would) and each token is labelled from the segment its first character falls in:
+trained segments keep their ids as labels, everything else is IGNORE_INDEX.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from xtune.templates import ChatTemplate, Segment
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class EncodedSample:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+
+def sample_segments(
+    sample: dict, template: ChatTemplate | None, tokenizer: PreTrainedTokenizerBase, system: str | None = None
+) -> list[Segment]:
+    """Render a mapped sample into text segments with trained flags."""
+    bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
+    if "text" in sample:  # pre-training text: every token trained, documents separated by EOS
+        return [Segment((bos if adds_bos(tokenizer) else "") + sample["text"] + eos, True)]
+    if template is None:
+        raise ValueError("a conversation sample needs a chat template")
+    messages = sample["messages"]
+    if system is not None and (not messages or messages[0]["role"] != "system"):
+        messages = [{"role": "system", "content": system}, *messages]
+    return template.render(messages, bos=bos, eos=eos)
+
+
+def adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether this tokenizer prepends BOS by itself (Llama, InternLM2 do; Qwen does not)."""
+    bos_id = tokenizer.bos_token_id
+    return bos_id is not None and tokenizer("a").input_ids[:1] == [bos_id]
+
+
+def encode_batch(
+    segment_lists: Sequence[list[Segment]], tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> list[EncodedSample]:
+    texts = ["".join(s.text for s in segments) for segments in segment_lists]
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for segments, ids, offsets in zip(segment_lists, encoded["input_ids"], encoded["offset_mapping"], strict=True):
+        out.append(_label(segments, ids, offsets, max_length))
+    return out
+
+
+def _label(segments: list[Segment], ids: list[int], offsets: list[tuple[int, int]], max_length: int) -> EncodedSample:
+    starts, trained, pos = [], [], 0
+    for segment in segments:
+        starts.append(pos)
+        trained.append(segment.trained)
+        pos += len(segment.text)
+    labels = []
+    for token_id, (char_start, _) in zip(ids, offsets, strict=True):
+        segment_index = bisect.bisect_right(starts, char_start) - 1
+        labels.append(token_id if trained[segment_index] else IGNORE_INDEX)
+    if labels:
+        labels[0] = IGNORE_INDEX  # the first token has no context to be predicted from
+    truncated = len(ids) > max_length
+    return EncodedSample(list(ids[:max_length]), labels[:max_length], truncated)
+
+
+def has_trained_tokens(sample: EncodedSample) -> bool:
+    return any(label != IGNORE_INDEX for label in sample.labels)

@@ -1,0 +1,128 @@
+"""Map functions: one raw record -> a standard sample.
+
+A sample is either a conversation, `{"messages": [{"role", "content", "loss"?}, ...]}`, which a chat template
+renders, or plain text, `{"text": ...}`, for incremental pre-training (every token trained, no template).
+A map function raises `RecordError` naming the key it could not use; the loader adds file and line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from xtune.errors import ConfigError
+
+Sample = dict[str, Any]
+MapFn = Callable[[dict[str, Any]], Sample]
+
+ROLES = ("system", "user", "assistant")
+
+
+class RecordError(ValueError):
+    """A record that a map function cannot convert; `key` names the field at fault."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
+
+
+def _text(record: dict, key: str, required: bool = True) -> str:
+    value = record.get(key)
+    if value is None:  # datasets fills keys absent from some records with None
+        if required:
+            raise RecordError(f"missing key {key!r}", key)
+        return ""
+    if not isinstance(value, str):
+        raise RecordError(f"key {key!r} must be a string, got {type(value).__name__}", key)
+    return value
+
+
+def alpaca(record: dict) -> Sample:
+    """{"instruction", "input"?, "output"} -> one user/assistant exchange (input appended to instruction)."""
+    instruction, extra = _text(record, "instruction"), _text(record, "input", required=False)
+    prompt = f"{instruction}\n{extra}" if extra else instruction
+    return {
+        "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": _text(record, "output")}]
+    }
+
+
+def openai(record: dict) -> Sample:
+    """{"messages": [{"role", "content", "loss"?}]} as in OpenAI fine-tuning files and the course's data."""
+    messages = record.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RecordError("missing key 'messages' (a non-empty list of {role, content})", "messages")
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise RecordError(f"messages[{i}] must be an object with role and content", f"messages[{i}]")
+        role = message.get("role")
+        if role not in ROLES:
+            raise RecordError(
+                f"messages[{i}].role is {role!r}; expected one of {', '.join(ROLES)}", f"messages[{i}].role"
+            )
+        content = _text(message, "content") if "content" in message else None
+        if content is None:
+            raise RecordError(f"messages[{i}] is missing key 'content'", f"messages[{i}].content")
+        converted = {"role": role, "content": content}
+        if message.get("loss") is not None:
+            converted["loss"] = bool(message["loss"])
+        out.append(converted)
+    return {"messages": out}
+
+
+_GUANACO_TURN = re.compile(r"### (Human|Assistant):")
+
+
+def oasst1(record: dict) -> Sample:
+    """openassistant-guanaco: {"text": "### Human: ... ### Assistant: ..."} -> a multi-turn conversation."""
+    text = _text(record, "text")
+    pieces = _GUANACO_TURN.split(text)
+    messages = [
+        {"role": "user" if who == "Human" else "assistant", "content": body.strip()}
+        for who, body in zip(pieces[1::2], pieces[2::2], strict=True)
+    ]
+    if not any(m["role"] == "assistant" for m in messages):
+        raise RecordError("key 'text' has no '### Assistant:' turn", "text")
+    return {"messages": messages}
+
+
+def pretrain(record: dict) -> Sample:
+    """{"text"} -> plain text for incremental pre-training."""
+    return {"text": _text(record, "text")}
+
+
+MAP_FUNCTIONS: dict[str, MapFn] = {"alpaca": alpaca, "openai": openai, "oasst1": oasst1, "pretrain": pretrain}
+
+
+def get_map_fn(name: str, base_dir: Path | None = None) -> MapFn:
+    """A built-in name, `package.module:function`, or `path/to/file.py:function`."""
+    if name in MAP_FUNCTIONS:
+        return MAP_FUNCTIONS[name]
+    target, sep, attr = name.rpartition(":")
+    if not sep:
+        raise ConfigError(
+            f"unknown dataset format {name!r}; built-in formats: {', '.join(MAP_FUNCTIONS)}, "
+            "or name your own as 'my_module:my_map_fn' or 'path/to/file.py:my_map_fn'"
+        )
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_absolute() and base_dir is not None and not path.exists():
+            path = base_dir / path
+        if not path.exists():
+            raise ConfigError(f"dataset format {name!r}: file {path} not found")
+        spec = importlib.util.spec_from_file_location(f"xtune_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as e:
+            raise ConfigError(f"dataset format {name!r}: cannot import {target!r}: {e}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"dataset format {name!r}: {target} has no function {attr!r}")
+    return fn

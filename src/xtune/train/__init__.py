@@ -1,0 +1,1 @@
+"""Training: the recipe (one explicit loop), the loss, checkpoints and run logging."""

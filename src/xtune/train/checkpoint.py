@@ -1,0 +1,117 @@
+"""Resumable checkpoints, written atomically: a killed run resumes from its last checkpoint and loses nothing.
+
+A checkpoint holds what a run needs to continue exactly: the trainable weights (the adapter for LoRA/QLoRA)
+as safetensors, the optimizer state, the scheduler and step counters as JSON, and the RNG states.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "trainer_state.json"
+
+
+def write_atomically(final: Path, write: Callable[[Path], None]) -> Path:
+    """Let `write` fill a temporary directory, then rename it into place: readers never see half a directory."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().contiguous().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch"])
+    cuda = [state[k] for k in sorted(state) if k.startswith("cuda")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_checkpoint(
+    work_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    extra: dict,
+    keep: int,
+) -> Path:
+    def write(tmp: Path) -> None:
+        save_file(trainable_state(model), tmp / "trainable.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_file(rng_state(), tmp / "rng.safetensors")
+        state = {"step": step, "scheduler": scheduler.state_dict(), **extra}
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+    path = write_atomically(work_dir / f"checkpoint-{step}", write)
+    for old in list_checkpoints(work_dir)[:-keep]:
+        shutil.rmtree(old)
+    return path
+
+
+def list_checkpoints(work_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    if not work_dir.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p)
+        for p in work_dir.iterdir()
+        if (m := CHECKPOINT_RE.match(p.name)) and (p / STATE_FILE).exists()
+    ]
+    return [p for _, p in sorted(found)]
+
+
+def load_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict:
+    """Restore everything save_checkpoint wrote; returns the trainer state (step, ...)."""
+    weights = load_file(path / "trainable.safetensors")
+    expected = {name for name, p in model.named_parameters() if p.requires_grad}
+    if set(weights) != expected:
+        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        raise ValueError(
+            f"{path}: checkpoint does not match this model/method (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}); resume with the config that wrote it"
+        )
+    model.load_state_dict(weights, strict=False)
+    # weights_only: the optimizer file holds tensors and numbers only; never unpickle arbitrary objects.
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    state = json.loads((path / STATE_FILE).read_text())
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(load_file(path / "rng.safetensors"))
+    return state

@@ -1,0 +1,53 @@
+"""The training loss. This is where the loss is computed.
+
+Only positions with a label are pushed through the output head: prompts, system text and padding never cost an
+lm_head matmul, and full-vocabulary fp32 logits are never materialised for the whole batch. Chunks of trained
+positions are checkpointed, so peak logits memory is one chunk's whatever the batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+from transformers import PreTrainedModel
+
+from xtune.data.encode import IGNORE_INDEX
+
+CHUNK_TOKENS = 2048
+
+
+def causal_lm(model: torch.nn.Module) -> PreTrainedModel:
+    """The transformers CausalLM inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def count_trained_tokens(labels: torch.Tensor) -> int:
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of next-token cross-entropy over every trained position of the batch (fp32)."""
+    lm = causal_lm(model)
+    hidden = lm.get_decoder()(
+        input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+    ).last_hidden_state
+    targets = batch["labels"][:, 1:]
+    trained = targets != IGNORE_INDEX
+    hidden, targets = hidden[:, :-1][trained], targets[trained]
+    head = lm.get_output_embeddings()
+    softcap = getattr(lm.config, "final_logit_softcapping", None)
+
+    def chunk_loss(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = head(h).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return F.cross_entropy(logits, t, reduction="sum")
+
+    if hidden.shape[0] <= CHUNK_TOKENS:
+        return chunk_loss(hidden, targets)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], CHUNK_TOKENS):
+        end = start + CHUNK_TOKENS
+        total = total + checkpoint(chunk_loss, hidden[start:end], targets[start:end], use_reentrant=False)
+    return total
