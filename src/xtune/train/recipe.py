@@ -112,8 +112,8 @@ class FinetuneRecipe:
 
     # ------------------------------------------------------------------ data order
     def micro_batches(self, start: int):
-        """(batch, real token count) from micro-batch index `start` on, epoch after epoch; the order of an epoch depends only on
-        seed and epoch, so a resumed run sees exactly the batches the interrupted one would have."""
+        """(batch, real token count) from micro-batch index `start` on, epoch after epoch. The order of an epoch
+        depends only on seed and epoch, so a resumed run sees exactly the batches the interrupted one would have."""
         t = self.cfg.training
         index = start
         while True:
