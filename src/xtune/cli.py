@@ -40,10 +40,43 @@ def cmd_copy_cfg(args: argparse.Namespace) -> None:
 
 
 def cmd_list_dataset_format(args: argparse.Namespace) -> None:
-    from xtune.data.formats import MAP_FUNCTIONS
+    import json
+
+    from xtune.data.formats import EXAMPLES, MAP_FUNCTIONS
 
     for name, fn in MAP_FUNCTIONS.items():
-        print(f"{name:10s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        print(f"{name:16s} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        print(f"{'':16s} e.g. {json.dumps(EXAMPLES[name], ensure_ascii=False)}")
+    print("Your own: 'my_module:my_map_fn' or 'path/to/file.py:my_map_fn' (record -> {messages} or {text}).")
+
+
+def _config_and_tokenizer(args: argparse.Namespace):
+    from xtune.config import resolve_config
+    from xtune.models import load_tokenizer
+
+    cfg, _ = resolve_config(args.config, args.set or [])
+    return cfg, load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+
+
+def cmd_check_dataset(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from xtune.data.preview import check_dataset
+
+    errors = check_dataset(*_config_and_tokenizer(args), Console())
+    if errors:
+        raise XtuneError(f"{errors} bad record(s); see above")
+
+
+def cmd_log_dataset(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
+    from xtune.data.preview import log_dataset
+
+    cfg, tokenizer = _config_and_tokenizer(args)
+    log_dataset(
+        cfg, tokenizer, Console(), show=args.show, index=args.index, count=args.count, as_json=args.format == "json"
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -93,6 +126,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list-dataset-format", help="list the built-in dataset map functions")
     p.set_defaults(func=cmd_list_dataset_format)
+
+    p = sub.add_parser("check-dataset", help="read every record of a config's datasets and report problems")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_check_dataset)
+
+    p = sub.add_parser("log-dataset", help="show encoded samples with the trained spans highlighted")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--show", choices=["text", "masked", "ids", "labels", "all"], default="masked")
+    p.add_argument("--index", type=int, help="the record to show (default: the first)")
+    p.add_argument("--count", type=int, default=1, help="how many samples to show")
+    p.add_argument("--format", choices=["rich", "json"], default="rich")
+    p.set_defaults(func=cmd_log_dataset)
 
     p = sub.add_parser("train", help="train from a config file or preset name")
     p.add_argument("config", help="a YAML config path or a preset name (xtune list-cfg)")

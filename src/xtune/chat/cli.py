@@ -11,7 +11,7 @@ import yaml
 from xtune.chat.generate import GenerationSettings
 from xtune.chat.session import ChatSession
 from xtune.models.load import load_for_inference
-from xtune.templates import get_template
+from xtune.templates import resolve_template
 from xtune.train.recipe import CONFIG_FILE
 
 HELP = "Type a message. RESET clears the history, EXIT quits."
@@ -22,7 +22,7 @@ def run_chat(args: argparse.Namespace) -> None:
     model, tokenizer, source = load_for_inference(args.model, args.adapter, args.bits, args.trust_remote_code)
     trained = yaml.safe_load((source / CONFIG_FILE).read_text()) if (source / CONFIG_FILE).exists() else {}
     template_name = args.template or trained.get("data", {}).get("template")
-    template = get_template(template_name) if template_name else None
+    template = resolve_template(template_name, tokenizer) if template_name else None
     system = args.system
     if system is None:
         system = (trained.get("evaluation") or {}).get("system") or (trained.get("data") or {}).get("system")

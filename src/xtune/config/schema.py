@@ -39,6 +39,16 @@ class ModelSettings(_Section):
 class DatasetSettings(_Section):
     path: str
     format: str = Field("alpaca", description="A map function name (xtune list-dataset-format) or module:fn.")
+    system: str | None = Field(None, description="System prompt for this dataset's samples that have none.")
+    max_dataset_length: int | None = Field(None, gt=0, description="Use at most this many samples (seeded).")
+    repeat: float | None = Field(None, gt=0, description="Use each sample this many times (2.5: twice, plus half).")
+    weight: float | None = Field(None, gt=0, description="Share of the mixture, relative to other datasets.")
+
+    @model_validator(mode="after")
+    def _repeat_or_weight(self) -> DatasetSettings:
+        if self.repeat is not None and self.weight is not None:
+            raise ValueError("set repeat or weight for a dataset, not both")
+        return self
 
 
 class DataSettings(_Section):
@@ -48,6 +58,9 @@ class DataSettings(_Section):
     max_length: int = Field(2048, gt=1)
     pack_to_max_length: bool = False
     shuffle: bool = True
+    group_by_length: bool = Field(False, description="Unpacked: batch samples of similar length (less padding).")
+    cache: bool = Field(True, description="Cache tokenized datasets on disk, keyed by content and settings.")
+    cache_dir: str | None = Field(None, description="Default: $XTUNE_CACHE or ~/.cache/xtune.")
 
 
 class TrainingSettings(_Section):

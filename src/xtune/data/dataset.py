@@ -1,13 +1,21 @@
-"""Building the training rows for a config: load, map, template, tokenize, drop empty samples, pack."""
+"""Building the training rows for a config: load, map, template, tokenize (cached), mix, pack."""
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
+import os
+import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import datasets
 from transformers import PreTrainedTokenizerBase
 
+import xtune
 from xtune.assets import resolve_path
 from xtune.config.schema import DatasetSettings, DataSettings
 from xtune.data.encode import EncodedSample, encode_batch, has_trained_tokens, sample_segments
@@ -15,19 +23,47 @@ from xtune.data.formats import RecordError, get_map_fn
 from xtune.data.loading import load_records, record_location
 from xtune.data.packing import Row, fill_ratio, pack, single_rows
 from xtune.errors import DataError
-from xtune.templates import get_template
+from xtune.io import write_atomically, write_text_atomically
+from xtune.templates import resolve_template
 
-ENCODE_BATCH = 512
+ENCODE_BATCH = 1024
+
+
+@dataclass
+class DatasetStats:
+    samples: int = 0
+    tokens: int = 0
+    truncated: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    from_cache: bool = False
 
 
 @dataclass
 class TrainingData:
     rows: list[Row]
-    num_samples: int
-    num_tokens: int
-    dropped: Counter = field(default_factory=Counter)
-    truncated: int = 0
-    fill: float | None = None  # packed rows only
+    stats: dict[str, DatasetStats]  # per dataset path
+    max_length: int
+    packed: bool
+
+    @property
+    def num_samples(self) -> int:
+        return sum(len([p for p in r.position_ids if p == 0]) for r in self.rows)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(r) for r in self.rows)
+
+    @property
+    def dropped(self) -> Counter:
+        return sum((s.dropped for s in self.stats.values()), Counter())
+
+    @property
+    def truncated(self) -> int:
+        return sum(s.truncated for s in self.stats.values())
+
+    @property
+    def fill(self) -> float | None:
+        return fill_ratio(self.rows, self.max_length) if self.packed else None
 
     def summary(self) -> str:
         parts = [f"{self.num_samples} samples", f"{self.num_tokens} tokens", f"{len(self.rows)} rows"]
@@ -36,37 +72,47 @@ class TrainingData:
         if self.truncated:
             parts.append(f"{self.truncated} truncated")
         parts += [f"{n} dropped ({reason})" for reason, n in self.dropped.items()]
+        cached = [Path(p).name for p, s in self.stats.items() if s.from_cache]
+        if cached:
+            parts.append(f"from cache: {', '.join(cached)}")
         return ", ".join(parts)
 
 
-def iter_encoded(
-    dataset: DatasetSettings, data: DataSettings, tokenizer: PreTrainedTokenizerBase
-) -> Iterator[tuple[str, EncodedSample]]:
-    """(location, encoded sample) for every record of one dataset, in file order."""
+def encode_records(
+    dataset: DatasetSettings,
+    data: DataSettings,
+    tokenizer: PreTrainedTokenizerBase,
+    on_error: Callable[[DataError], None] | None = None,
+) -> Iterator[tuple[int, EncodedSample]]:
+    """(record index, encoded sample) for every record of one dataset, in file order. A bad record raises a
+    DataError naming file, line and key, or, with `on_error`, is reported there and skipped."""
     path = resolve_path(dataset.path)
     map_fn = get_map_fn(dataset.format)
-    template = get_template(data.template)
+    template = resolve_template(data.template, tokenizer)
+    system = dataset.system if dataset.system is not None else data.system
     records = load_records(path)
     batch: list[tuple[int, list]] = []
 
-    def flush() -> Iterator[tuple[str, EncodedSample]]:
+    def flush() -> Iterator[tuple[int, EncodedSample]]:
         encoded = encode_batch([segments for _, segments in batch], tokenizer, data.max_length)
-        for (index, _), sample in zip(batch, encoded, strict=True):
-            yield f"{path}#{index}", sample
+        yield from zip((index for index, _ in batch), encoded, strict=True)
         batch.clear()
 
     for index, record in enumerate(records):
         try:
-            sample = map_fn(record)
-            segments = sample_segments(sample, template, tokenizer, data.system)
+            segments = sample_segments(map_fn(record), template, tokenizer, system)
         except (RecordError, KeyError, TypeError, ValueError) as e:
             key = getattr(e, "key", None) or (e.args[0] if isinstance(e, KeyError) else None)
             detail = f"missing key {key!r}" if isinstance(e, KeyError) else str(e)
-            raise DataError(
-                f"{record_location(path, index)}: {detail} (format {dataset.format!r}, "
-                f"keys present: {', '.join(record) or 'none'}). Fix the record or choose the "
-                "format that matches your data (`xtune list-dataset-format`)."
-            ) from None
+            error = DataError(
+                f"{record_location(path, index)}: {detail} (format {dataset.format!r}, keys present: "
+                f"{', '.join(record) or 'none'}). Fix the record or choose the format that matches your data "
+                "(`xtune list-dataset-format`)."
+            )
+            if on_error is None:
+                raise error from None
+            on_error(error)
+            continue
         batch.append((index, segments))
         if len(batch) >= ENCODE_BATCH:
             yield from flush()
@@ -74,28 +120,127 @@ def iter_encoded(
         yield from flush()
 
 
-def build_training_data(data: DataSettings, tokenizer: PreTrainedTokenizerBase) -> TrainingData:
-    samples: list[EncodedSample] = []
-    dropped: Counter = Counter()
-    truncated = 0
+def tokenized_dataset(
+    dataset: DatasetSettings, data: DataSettings, tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[EncodedSample], DatasetStats]:
+    """The encoded samples of one dataset that have something to train on, from the on-disk cache when the
+    data, tokenizer, template and options are unchanged."""
+    cache = _cache_path(dataset, data, tokenizer) if data.cache else None
+    if cache is not None and (cache / "stats.json").exists():
+        stats_raw = json.loads((cache / "stats.json").read_text())
+        columns = datasets.load_from_disk(str(cache / "samples")).to_dict()
+        samples = [EncodedSample(i, lab, t) for i, lab, t in zip(*columns.values(), strict=True)]
+        stats = DatasetStats(
+            stats_raw["samples"],
+            stats_raw["tokens"],
+            stats_raw["truncated"],
+            Counter(stats_raw["dropped"]),
+            from_cache=True,
+        )
+        return samples, stats
+
+    samples, stats = [], DatasetStats()
+    for _, sample in encode_records(dataset, data, tokenizer):
+        if not has_trained_tokens(sample):
+            stats.dropped["nothing to train within max_length" if sample.truncated else "nothing to train"] += 1
+            continue
+        stats.truncated += sample.truncated
+        stats.tokens += len(sample.input_ids)
+        samples.append(sample)
+    stats.samples = len(samples)
+    if cache is not None:  # written only after every record encoded: a failed run caches nothing
+
+        def write(tmp: Path) -> None:
+            columns = {
+                "input_ids": [s.input_ids for s in samples],
+                "labels": [s.labels for s in samples],
+                "truncated": [s.truncated for s in samples],
+            }
+            datasets.Dataset.from_dict(columns).save_to_disk(str(tmp / "samples"))
+            stats_raw = {
+                "samples": stats.samples,
+                "tokens": stats.tokens,
+                "truncated": stats.truncated,
+                "dropped": dict(stats.dropped),
+            }
+            write_text_atomically(tmp / "stats.json", json.dumps(stats_raw))
+
+        write_atomically(cache, write)
+    return samples, stats
+
+
+def build_training_data(data: DataSettings, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> TrainingData:
+    rng = random.Random(seed)
+    parts, all_stats = [], {}
     for dataset in data.datasets:
-        for _, sample in iter_encoded(dataset, data, tokenizer):
-            if not has_trained_tokens(sample):
-                dropped["nothing to train within max_length" if sample.truncated else "nothing to train"] += 1
-                continue
-            truncated += sample.truncated
-            samples.append(sample)
+        samples, stats = tokenized_dataset(dataset, data, tokenizer)
+        if dataset.max_dataset_length is not None and len(samples) > dataset.max_dataset_length:
+            samples = rng.sample(samples, dataset.max_dataset_length)
+        parts.append(samples)
+        all_stats[dataset.path] = stats
+    factors = mixture_factors(data.datasets, [len(p) for p in parts])
+    samples = [s for part, factor in zip(parts, factors, strict=True) for s in repeat_samples(part, factor, rng)]
     if not samples:
+        dropped = sum((s.dropped for s in all_stats.values()), Counter())
         raise DataError(
             "no sample has anything to train on: check the datasets' format and data.max_length "
             f"({data.max_length}); dropped: {dict(dropped)}"
         )
     rows = pack(samples, data.max_length) if data.pack_to_max_length else single_rows(samples)
-    return TrainingData(
-        rows=rows,
-        num_samples=len(samples),
-        num_tokens=sum(len(s.input_ids) for s in samples),
-        dropped=dropped,
-        truncated=truncated,
-        fill=fill_ratio(rows, data.max_length) if data.pack_to_max_length else None,
-    )
+    return TrainingData(rows=rows, stats=all_stats, max_length=data.max_length, packed=data.pack_to_max_length)
+
+
+def mixture_factors(datasets_: list[DatasetSettings], sizes: list[int]) -> list[float]:
+    """How many times each dataset's samples are used. With weights, dataset i makes up weight_i / sum of
+    weights of a mixture as large as all datasets together; otherwise `repeat` (default 1)."""
+    if not any(d.weight is not None for d in datasets_):
+        return [d.repeat if d.repeat is not None else 1.0 for d in datasets_]
+    weights = [d.weight if d.weight is not None else 1.0 for d in datasets_]
+    total = sum(sizes)
+    return [(w / sum(weights)) * total / n if n else 0.0 for w, n in zip(weights, sizes, strict=True)]
+
+
+def repeat_samples(samples: list, factor: float, rng: random.Random) -> list:
+    """Whole copies for the integer part of `factor`, a seeded sample without replacement for the rest."""
+    whole, fraction = divmod(factor, 1.0)
+    return samples * int(whole) + rng.sample(samples, round(fraction * len(samples)))
+
+
+def cache_root(data: DataSettings) -> Path:
+    return Path(data.cache_dir or os.environ.get("XTUNE_CACHE") or Path.home() / ".cache" / "xtune") / "tokenized"
+
+
+def _cache_path(dataset: DatasetSettings, data: DataSettings, tokenizer: PreTrainedTokenizerBase) -> Path:
+    """The cache entry for this exact input: data bytes, map function, template, tokenizer and options."""
+    digest = hashlib.sha256()
+    path = resolve_path(dataset.path)
+    for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if file.is_file():
+            digest.update(file.name.encode())
+            with file.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+    map_fn = get_map_fn(dataset.format)
+    try:
+        map_source = inspect.getsource(map_fn)
+    except (OSError, TypeError):
+        map_source = f"{map_fn.__module__}.{map_fn.__qualname__}"
+    template = resolve_template(data.template, tokenizer)
+    options = {
+        "version": xtune.__version__,
+        "format": dataset.format,
+        "map_source": map_source,
+        "template": repr(template) if not hasattr(template, "jinja") else template.jinja,
+        "system": dataset.system if dataset.system is not None else data.system,
+        "max_length": data.max_length,
+    }
+    digest.update(json.dumps(options, sort_keys=True).encode())
+    digest.update(_tokenizer_fingerprint(tokenizer).encode())
+    return cache_root(data) / digest.hexdigest()[:32]
+
+
+def _tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    specials = json.dumps({k: str(v) for k, v in tokenizer.special_tokens_map.items()}, sort_keys=True)
+    return hashlib.sha256((body + specials).encode()).hexdigest()

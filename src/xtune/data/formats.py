@@ -19,7 +19,7 @@ from xtune.errors import ConfigError
 Sample = dict[str, Any]
 MapFn = Callable[[dict[str, Any]], Sample]
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 
 class RecordError(ValueError):
@@ -41,13 +41,68 @@ def _text(record: dict, key: str, required: bool = True) -> str:
     return value
 
 
+def _instruction(record: dict, instruction: str, extra: str, output: str) -> Sample:
+    prompt, more = _text(record, instruction), _text(record, extra, required=False)
+    if more:
+        prompt = f"{prompt}\n{more}"
+    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": _text(record, output)}]}
+
+
 def alpaca(record: dict) -> Sample:
     """{"instruction", "input"?, "output"} -> one user/assistant exchange (input appended to instruction)."""
-    instruction, extra = _text(record, "instruction"), _text(record, "input", required=False)
-    prompt = f"{instruction}\n{extra}" if extra else instruction
-    return {
-        "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": _text(record, "output")}]
-    }
+    return _instruction(record, "instruction", "input", "output")
+
+
+def alpaca_zh(record: dict) -> Sample:
+    """{"instruction_zh", "input_zh"?, "output_zh"} (silk-road/alpaca-data-gpt4-chinese field names)."""
+    return _instruction(record, "instruction_zh", "input_zh", "output_zh")
+
+
+def prompt_response(record: dict) -> Sample:
+    """{"prompt", "response", "system"?} -> one exchange."""
+    messages = [
+        {"role": "user", "content": _text(record, "prompt")},
+        {"role": "assistant", "content": _text(record, "response")},
+    ]
+    system = _text(record, "system", required=False)
+    return {"messages": ([{"role": "system", "content": system}] if system else []) + messages}
+
+
+_SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "observation": "tool",
+}
+
+
+def sharegpt(record: dict) -> Sample:
+    """{"conversations": [{"from": "human"|"gpt"|"system", "value"}]} -> a conversation."""
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise RecordError("missing key 'conversations' (a non-empty list of {from, value})", "conversations")
+    messages = []
+    for i, turn in enumerate(turns):
+        speaker = turn.get("from") if isinstance(turn, dict) else None
+        if speaker not in _SHAREGPT_ROLES:
+            raise RecordError(
+                f"conversations[{i}].from is {speaker!r}; expected one of {', '.join(_SHAREGPT_ROLES)}",
+                f"conversations[{i}].from",
+            )
+        messages.append({"role": _SHAREGPT_ROLES[speaker], "content": _text(turn, "value")})
+    return {"messages": _drop_leading_assistant(messages)}
+
+
+def _drop_leading_assistant(messages: list[dict]) -> list[dict]:
+    """A conversation that opens with the assistant (after any system message) has nothing it answers."""
+    start = 1 if messages and messages[0]["role"] == "system" else 0
+    end = start
+    while end < len(messages) and messages[end]["role"] == "assistant":
+        end += 1
+    return messages[:start] + messages[end:]
 
 
 def openai(record: dict) -> Sample:
@@ -71,7 +126,7 @@ def openai(record: dict) -> Sample:
         if message.get("loss") is not None:
             converted["loss"] = bool(message["loss"])
         out.append(converted)
-    return {"messages": out}
+    return {"messages": _drop_leading_assistant(out)}
 
 
 _GUANACO_TURN = re.compile(r"### (Human|Assistant):")
@@ -95,7 +150,25 @@ def pretrain(record: dict) -> Sample:
     return {"text": _text(record, "text")}
 
 
-MAP_FUNCTIONS: dict[str, MapFn] = {"alpaca": alpaca, "openai": openai, "oasst1": oasst1, "pretrain": pretrain}
+MAP_FUNCTIONS: dict[str, MapFn] = {
+    "alpaca": alpaca,
+    "alpaca_zh": alpaca_zh,
+    "openai": openai,
+    "sharegpt": sharegpt,
+    "oasst1": oasst1,
+    "prompt_response": prompt_response,
+    "pretrain": pretrain,
+}
+
+EXAMPLES: dict[str, dict] = {
+    "alpaca": {"instruction": "Translate to French", "input": "Hello", "output": "Bonjour"},
+    "alpaca_zh": {"instruction_zh": "翻译成英文", "input_zh": "你好", "output_zh": "Hello"},
+    "openai": {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]},
+    "sharegpt": {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]},
+    "oasst1": {"text": "### Human: Hi### Assistant: Hello!"},
+    "prompt_response": {"prompt": "Hi", "response": "Hello!"},
+    "pretrain": {"text": "Any document, trained on every token."},
+}
 
 
 def get_map_fn(name: str, base_dir: Path | None = None) -> MapFn:

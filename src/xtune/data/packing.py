@@ -8,6 +8,7 @@ is a separate pseudo-sample whose labels are ignored.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -32,20 +33,22 @@ class Row:
 
 
 def pack(samples: Sequence[EncodedSample], max_length: int) -> list[Row]:
-    """First-fit decreasing: long samples placed first, each into the first row with room. Samples are never
-    split, so no sample is cut off from its own beginning."""
+    """Best-fit decreasing: longest samples first, each into the row whose free room fits it most tightly.
+    Samples are never split, so no sample is cut off from its own beginning."""
     order = sorted(range(len(samples)), key=lambda i: len(samples[i].input_ids), reverse=True)
     rows: list[Row] = []
-    free: list[int] = []  # room left in each row
+    free: list[tuple[int, int]] = []  # (room left, row index), kept sorted for bisection
     for i in order:
         n = len(samples[i].input_ids)
-        slot = next((r for r, room in enumerate(free) if room >= n), None)
-        if slot is None:
+        slot = bisect.bisect_left(free, (n, -1))
+        if slot == len(free):
             rows.append(Row())
-            free.append(max_length)
-            slot = len(rows) - 1
-        rows[slot].add(samples[i])
-        free[slot] -= n
+            room, row_index = max_length, len(rows) - 1
+        else:
+            room, row_index = free.pop(slot)
+        rows[row_index].add(samples[i])
+        if room - n > 0:
+            bisect.insort(free, (room - n, row_index))
     return rows
 
 
@@ -74,3 +77,24 @@ def collate(rows: Sequence[Row], pad_token_id: int) -> dict[str, torch.Tensor]:
         position_ids[i, :n] = torch.tensor(row.position_ids)
         position_ids[i, n:] = torch.arange(width - n)
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+def epoch_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, shuffle: bool = True, group_by_length: bool = False
+) -> list[list[int]]:
+    """Row indices of each batch of one epoch; a function of (seed, epoch) alone, so resuming mid-epoch
+    replays the same order. Grouping by length sorts rows inside shuffled windows of 64 batches, then shuffles
+    the batches: similar lengths share a batch (less padding) while the epoch order stays random."""
+    generator = torch.Generator().manual_seed(seed + epoch)
+    order = torch.randperm(len(lengths), generator=generator).tolist() if shuffle else list(range(len(lengths)))
+    if group_by_length:
+        window = batch_size * 64
+        order = [
+            i
+            for w in range(0, len(order), window)
+            for i in sorted(order[w : w + window], key=lambda i: lengths[i], reverse=True)
+        ]
+    batches = [order[b : b + batch_size] for b in range(0, len(order), batch_size)]
+    if group_by_length and shuffle:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+    return batches

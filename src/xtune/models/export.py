@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
+from xtune.io import write_atomically
 from xtune.models.load import load_for_inference
-from xtune.train.checkpoint import write_atomically
 
 CARRIED_FILES = ("xtune_config.yaml",)
 

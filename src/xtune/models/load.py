@@ -110,7 +110,7 @@ def save_random_init(settings: ModelSettings, out: Path, seed: int) -> ModelSett
     """Write the seeded random initialisation of a random_init model to `out` (with its tokenizer) and return
     settings that load it from there: an adapter needs its base on disk for chat and merge, and QLoRA needs
     saved weights to quantise."""
-    from xtune.train.checkpoint import write_atomically
+    from xtune.io import write_atomically
 
     init = settings.model_copy(update={"method": "full"})
     model = load_base_model(init, torch.device("cpu"), seed)

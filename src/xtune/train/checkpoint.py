@@ -7,38 +7,17 @@ as safetensors, the optimizer state, the scheduler and step counters as JSON, an
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from xtune.io import write_atomically
+
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
-
-
-def write_atomically(final: Path, write: Callable[[Path], None]) -> Path:
-    """Let `write` fill a temporary directory, then rename it into place: readers never see half a directory."""
-    final = Path(final)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -18,7 +18,8 @@ from xtune.chat.generate import GenerationSettings
 from xtune.chat.session import ChatSession
 from xtune.config.schema import Config
 from xtune.data import build_training_data
-from xtune.data.packing import collate
+from xtune.data.packing import collate, epoch_batches
+from xtune.io import write_atomically
 from xtune.models.load import (
     attach_adapters,
     default_device,
@@ -26,8 +27,8 @@ from xtune.models.load import (
     load_tokenizer,
     save_random_init,
 )
-from xtune.templates import get_template
-from xtune.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, write_atomically
+from xtune.templates import resolve_template
+from xtune.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from xtune.train.loss import count_trained_tokens, loss_sum
 from xtune.train.metrics import RunLog, logger
 
@@ -72,8 +73,8 @@ class FinetuneRecipe:
         (self.work_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True))
         torch.manual_seed(cfg.training.seed)
         self.tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
-        self.template = get_template(cfg.data.template)
-        self.data = build_training_data(cfg.data, self.tokenizer)
+        self.template = resolve_template(cfg.data.template, self.tokenizer)
+        self.data = build_training_data(cfg.data, self.tokenizer, seed=cfg.training.seed)
 
         model_settings = cfg.model
         if model_settings.random_init and model_settings.method != "full":
@@ -114,16 +115,14 @@ class FinetuneRecipe:
     def micro_batches(self, start: int):
         """(batch, real token count) from micro-batch index `start` on, epoch after epoch. The order of an epoch
         depends only on seed and epoch, so a resumed run sees exactly the batches the interrupted one would have."""
-        t = self.cfg.training
+        t, data = self.cfg.training, self.cfg.data
+        lengths = [len(r) for r in self.data.rows]
         index = start
         while True:
             epoch, position = divmod(index, self.batches_per_epoch)
-            order = list(range(len(self.data.rows)))
-            if self.cfg.data.shuffle:
-                generator = torch.Generator().manual_seed(t.seed + epoch)
-                order = torch.randperm(len(order), generator=generator).tolist()
-            for b in range(position, self.batches_per_epoch):
-                rows = [self.data.rows[i] for i in order[b * t.batch_size : (b + 1) * t.batch_size]]
+            batches = epoch_batches(lengths, t.batch_size, t.seed, epoch, data.shuffle, data.group_by_length)
+            for indices in batches[position:]:
+                rows = [self.data.rows[i] for i in indices]
                 yield collate(rows, self.tokenizer.pad_token_id), sum(len(r) for r in rows)
                 index += 1
 

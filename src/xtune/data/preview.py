@@ -1,0 +1,118 @@
+"""`xtune check-dataset` and `xtune log-dataset`: see what the model will be trained on before training."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from itertools import groupby, islice
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from transformers import PreTrainedTokenizerBase
+
+from xtune.config.schema import Config
+from xtune.data.dataset import encode_records
+from xtune.data.encode import IGNORE_INDEX, EncodedSample, has_trained_tokens
+from xtune.errors import DataError
+
+HISTOGRAM_BINS = 8
+
+
+def check_dataset(cfg: Config, tokenizer: PreTrainedTokenizerBase, console: Console) -> int:
+    """Read every record of every dataset; report counts, lengths, truncation and every bad record.
+    Returns the number of bad records (the command's exit status is non-zero when there are any)."""
+    total_errors = 0
+    for dataset in cfg.data.datasets:
+        errors: list[DataError] = []
+        lengths, truncated, dropped = [], 0, Counter()
+        for _, sample in encode_records(dataset, cfg.data, tokenizer, on_error=errors.append):
+            if not has_trained_tokens(sample):
+                dropped["nothing to train within max_length" if sample.truncated else "nothing to train"] += 1
+                continue
+            truncated += sample.truncated
+            lengths.append(len(sample.input_ids))
+        console.print(f"[bold]{dataset.path}[/] (format {dataset.format})")
+        table = Table(show_header=False, box=None, padding=(0, 2))
+        table.add_row("records", str(len(lengths) + sum(dropped.values()) + len(errors)))
+        table.add_row("usable samples", str(len(lengths)))
+        table.add_row("tokens", str(sum(lengths)))
+        table.add_row(f"truncated to {cfg.data.max_length}", str(truncated))
+        for reason, count in dropped.items():
+            table.add_row(f"dropped: {reason}", str(count))
+        table.add_row("bad records", f"[red]{len(errors)}[/]" if errors else "0")
+        console.print(table)
+        if lengths:
+            console.print(length_histogram(lengths, cfg.data.max_length))
+        for error in errors:
+            console.print(f"[red]error[/] {error}", highlight=False, markup=False)
+        total_errors += len(errors)
+    return total_errors
+
+
+def length_histogram(lengths: list[int], max_length: int, bins: int = HISTOGRAM_BINS, width: int = 40) -> str:
+    step = max(1, -(-max_length // bins))
+    counts = Counter(min(n // step, bins - 1) for n in lengths)
+    peak = max(counts.values())
+    lines = ["token lengths:"]
+    for b in range(bins):
+        bar = "#" * round(width * counts.get(b, 0) / peak)
+        lines.append(f"  {b * step:>6}-{min((b + 1) * step, max_length):<6} {counts.get(b, 0):>7} {bar}")
+    return "\n".join(lines)
+
+
+def log_dataset(
+    cfg: Config,
+    tokenizer: PreTrainedTokenizerBase,
+    console: Console,
+    show: str = "masked",
+    index: int | None = None,
+    count: int = 1,
+    as_json: bool = False,
+) -> None:
+    """Print encoded samples: text, the text with trained spans highlighted, ids and/or labels."""
+    dataset = cfg.data.datasets[0]
+    samples = encode_records(dataset, cfg.data, tokenizer)
+    chosen = islice(((i, s) for i, s in samples if index is None or i == index), count)
+    found = False
+    for record_index, sample in chosen:
+        found = True
+        if as_json:
+            print(
+                json.dumps(
+                    {
+                        "index": record_index,
+                        "text": tokenizer.decode(sample.input_ids),
+                        "input_ids": sample.input_ids,
+                        "labels": sample.labels,
+                    },
+                    ensure_ascii=False,
+                )
+            )
+            continue
+        console.rule(
+            f"{dataset.path} record {record_index}: {len(sample.input_ids)} tokens, "
+            f"{sum(label != IGNORE_INDEX for label in sample.labels)} trained"
+        )
+        if show in ("text", "all"):
+            console.print(Text(tokenizer.decode(sample.input_ids)))
+        if show in ("masked", "all"):
+            console.print(masked_text(sample, tokenizer))
+            console.print(Text("green: trained (labels = ids); dim: masked (-100)", style="italic"))
+        if show in ("ids", "all"):
+            console.print(f"input_ids: {sample.input_ids}", highlight=False)
+        if show in ("labels", "all"):
+            console.print(f"labels: {sample.labels}", highlight=False)
+    if not found:
+        raise DataError(
+            f"{dataset.path}: no record with index {index}" if index is not None else f"{dataset.path}: no records"
+        )
+
+
+def masked_text(sample: EncodedSample, tokenizer: PreTrainedTokenizerBase) -> Text:
+    text = Text()
+    pairs = zip(sample.input_ids, sample.labels, strict=True)
+    for trained, group in groupby(pairs, key=lambda p: p[1] != IGNORE_INDEX):
+        ids = [token for token, _ in group]
+        text.append(tokenizer.decode(ids), style="bold green" if trained else "dim")
+    return text
