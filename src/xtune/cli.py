@@ -105,7 +105,12 @@ def cmd_convert_merge(args: argparse.Namespace) -> None:
     from xtune.models.export import merge_adapter
 
     out = merge_adapter(
-        args.base, args.adapter, args.out, trust_remote_code=args.trust_remote_code, max_shard_size=args.max_shard_size
+        args.base,
+        args.adapter,
+        args.out,
+        trust_remote_code=args.trust_remote_code,
+        max_shard_size=args.max_shard_size,
+        save_format=args.save_format,
     )
     print(f"merged model written to {out}")
 
@@ -178,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("adapter")
     m.add_argument("out")
     m.add_argument("--max-shard-size", default="5GB")
+    m.add_argument(
+        "--save-format",
+        choices=["hf", "original"],
+        default="hf",
+        help="original: write InternLM2 bases back in their own layout (LMDeploy); default: HF Llama",
+    )
     m.add_argument("--trust-remote-code", action="store_true")
     m.set_defaults(func=cmd_convert_merge)
     return parser

@@ -14,11 +14,11 @@ from typing import Any
 # name or the local Hugging Face cache; otherwise the error says how to fetch the model and set model.path.
 FAMILIES: dict[str, dict[str, Any]] = {
     "internlm2_chat_1_8b": {
-        "model": {"path": "internlm/internlm2-chat-1_8b", "trust_remote_code": True},
+        "model": {"path": "internlm/internlm2-chat-1_8b"},  # loads natively, no remote code
         "data": {"template": "internlm2_chat"},
     },
     "internlm2_chat_7b": {
-        "model": {"path": "internlm/internlm2-chat-7b", "trust_remote_code": True},
+        "model": {"path": "internlm/internlm2-chat-7b"},
         "data": {"template": "internlm2_chat"},
     },
     "qwen2_1_5b_instruct": {"model": {"path": "Qwen/Qwen2-1.5B-Instruct"}, "data": {"template": "qwen_chat"}},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +33,9 @@ class ModelSettings(_Section):
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
+    add_special_tokens: list[str] = Field(
+        [], description="New special tokens (e.g. <image>, tool markers); embeddings grow and are trained and saved."
+    )
     # Build the weights from config.json with a seeded random init instead of loading them (tiny demos, tests).
     random_init: bool = False
 
@@ -105,6 +109,21 @@ class Config(_Section):
     work_dir: str | None = Field(None, description="Defaults to work_dirs/<config name>.")
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, where `1e-4` is a string; configs write learning rates that way."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     """Read a YAML config, apply `key.sub=value` overrides, and validate it."""
     path = Path(path)
@@ -113,7 +132,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = parse_yaml(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -131,10 +150,17 @@ def apply_override(raw: dict, override: str) -> None:
     parts = key.strip().split(".")
     node = raw
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
+        if isinstance(node, list):  # data.datasets.0.path: an index into a list
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {override!r}: {part!r} is not an index of a {len(node)}-item list")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+        if not isinstance(node, dict | list):
             raise ConfigError(f"--set {override!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(value)
+    if isinstance(node, list):
+        raise ConfigError(f"--set {override!r}: set a key of a list item, e.g. data.datasets.0.path=...")
+    node[parts[-1]] = parse_yaml(value)
 
 
 def validate_config(raw: dict[str, Any], source: str = "<config>", yaml_text: str | None = None) -> Config:
@@ -147,7 +173,7 @@ def validate_config(raw: dict[str, Any], source: str = "<config>", yaml_text: st
 def _describe(error: ValidationError, source: str, yaml_text: str | None) -> str:
     lines = [f"{source}: invalid config"]
     for err in error.errors():
-        loc = tuple(err["loc"])
+        loc = _key_loc(tuple(err["loc"]))
         key = ".".join(str(p) for p in loc)
         where = _line_of(yaml_text, loc)
         prefix = f"  {source}{f':{where}' if where else ''}: "
@@ -165,6 +191,23 @@ def _describe(error: ValidationError, source: str, yaml_text: str | None) -> str
         else:
             lines.append(f"{prefix}'{key}': {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)
+
+
+def _key_loc(loc: tuple) -> tuple:
+    """The part of a pydantic error location that is a key of the user's YAML. Pydantic appends the union
+    member a value failed to match (`target_modules: 5` -> ..., 'target_modules', 'list[str]'), which is no key."""
+    model: type[BaseModel] | None = Config
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            continue
+        if model is None:  # below a plain value: a union member's tag, not a key
+            return loc[:i]
+        field = model.model_fields.get(str(part))
+        if field is None:  # an unknown key (extra_forbidden): keep it, it is what the user wrote
+            return loc[: i + 1]
+        args = getattr(field.annotation, "__args__", ())
+        model = next((c for c in (field.annotation, *args) if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return loc
 
 
 def _known_keys(loc: tuple) -> list[str]:

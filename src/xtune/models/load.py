@@ -9,6 +9,7 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -16,6 +17,13 @@ from transformers import (
 from xtune.assets import resolve_path
 from xtune.config.schema import ModelSettings
 from xtune.errors import ConfigError
+from xtune.models.internlm2 import (
+    is_internlm2,
+    llama_config_from_internlm2,
+    load_internlm2_as_llama,
+    load_internlm2_tokenizer,
+    read_config,
+)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -51,10 +59,37 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(
-        resolve_model_dir(str(path)), trust_remote_code=trust_remote_code, local_files_only=True
+def _is_internlm2_dir(model_dir: Path) -> bool:
+    return (model_dir / "config.json").exists() and is_internlm2(read_config(model_dir))
+
+
+def causal_lm_from_pretrained(model_dir: Path, trust_remote_code: bool = False, **kwargs) -> PreTrainedModel:
+    """transformers' AutoModelForCausalLM, except that InternLM2 checkpoints load natively into the Llama
+    implementation: their remote modeling code breaks with each transformers release."""
+    if _is_internlm2_dir(model_dir):
+        return load_internlm2_as_llama(model_dir, **kwargs)
+    return AutoModelForCausalLM.from_pretrained(
+        model_dir, trust_remote_code=trust_remote_code, local_files_only=True, **kwargs
     )
+
+
+def model_config(model_dir: Path, trust_remote_code: bool = False) -> PretrainedConfig:
+    if _is_internlm2_dir(model_dir):
+        return llama_config_from_internlm2(read_config(model_dir))
+    return AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code, local_files_only=True)
+
+
+def load_tokenizer(
+    path: str | Path, trust_remote_code: bool = False, add_special_tokens: list[str] = ()
+) -> PreTrainedTokenizerBase:
+    model_dir = resolve_model_dir(str(path))
+    if _is_internlm2_dir(model_dir):
+        tokenizer = load_internlm2_tokenizer(model_dir)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code, local_files_only=True)
+    new = [t for t in add_special_tokens if t not in tokenizer.get_vocab()]
+    if new:
+        tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
     if tokenizer.pad_token is None:
         # Padding positions are never attended to (position-ids restart) nor trained, so any id will do.
         tokenizer.pad_token = tokenizer.eos_token
@@ -66,40 +101,44 @@ def load_model(settings: ModelSettings, device: torch.device | None = None, seed
     return attach_adapters(load_base_model(settings, device, seed), settings)
 
 
+def quantization_kwargs(bits: int, device: torch.device, compute_dtype: torch.dtype) -> dict:
+    """from_pretrained arguments for a bitsandbytes 4-bit (NF4, double quantisation: QLoRA's) or 8-bit base."""
+    from transformers import BitsAndBytesConfig
+
+    if bits == 4:
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+    elif bits == 8:
+        quant = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        raise ConfigError(f"--bits {bits}: choose 4 or 8")
+    return {
+        "quantization_config": quant,
+        "device_map": {"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
+    }
+
+
 def load_base_model(settings: ModelSettings, device: torch.device | None = None, seed: int = 0) -> PreTrainedModel:
     device = device or default_device()
     model_dir = resolve_model_dir(settings.path)
     dtype = resolve_dtype(settings.dtype, device)
-    common = dict(
-        dtype=dtype, attn_implementation=settings.attn_implementation, trust_remote_code=settings.trust_remote_code
-    )
+    common = dict(dtype=dtype, attn_implementation=settings.attn_implementation)
     if settings.random_init:
         if settings.method == "qlora":
             raise ConfigError(
                 "model.random_init with method qlora: save the initialised model first "
                 "(save_random_init) and load it quantised from there"
             )
-        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=settings.trust_remote_code)
+        config = model_config(model_dir, settings.trust_remote_code)
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, **common)
-    elif settings.method == "qlora":
-        from transformers import BitsAndBytesConfig
-
-        quant = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype if dtype != torch.float16 else torch.float16,
-        )
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir,
-            quantization_config=quant,
-            local_files_only=True,
-            device_map={"": device.index or 0} if device.type == "cuda" else {"": "cpu"},
-            **common,
-        )
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=settings.trust_remote_code, **common)
     else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, **common)
+        quant = quantization_kwargs(4, device, dtype) if settings.method == "qlora" else {}
+        model = causal_lm_from_pretrained(model_dir, settings.trust_remote_code, **common, **quant)
     if settings.method != "qlora":  # bitsandbytes placed it already
         model.to(device)
     model.config.use_cache = False  # a cache in training ignores per-sample position restarts (packing)
@@ -119,7 +158,26 @@ def save_random_init(settings: ModelSettings, out: Path, seed: int) -> ModelSett
     return settings.model_copy(update={"path": str(out.resolve()), "random_init": False})
 
 
-def attach_adapters(model: PreTrainedModel, settings: ModelSettings) -> PreTrainedModel:
+def fit_embeddings(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Grow the embeddings (and head) when the tokenizer has tokens the model has no rows for; True if grown."""
+    if len(tokenizer) <= model.get_input_embeddings().num_embeddings:
+        return False
+    model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    return True
+
+
+def embedding_module_names(model: PreTrainedModel) -> list[str]:
+    """Names (last component) of the input embedding and, unless tied to it, the output head."""
+    embeddings = {id(model.get_input_embeddings())}
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not model.get_input_embeddings().weight:
+        embeddings.add(id(head))
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if id(module) in embeddings})
+
+
+def attach_adapters(model: PreTrainedModel, settings: ModelSettings, train_embeddings: bool = False) -> PreTrainedModel:
+    """LoRA/QLoRA adapters per the settings; with `train_embeddings` (new tokens) the embedding and head are
+    trained in full and saved with the adapter, so the new rows are learned and survive a merge."""
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if settings.method == "full":
@@ -137,6 +195,7 @@ def attach_adapters(model: PreTrainedModel, settings: ModelSettings) -> PreTrain
         lora_alpha=settings.lora.alpha,
         lora_dropout=settings.lora.dropout,
         target_modules=settings.lora.target_modules,
+        modules_to_save=embedding_module_names(model) if train_embeddings else None,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)
@@ -169,29 +228,19 @@ def load_for_inference(
     if adapter is None and (model_dir / "adapter_config.json").exists():
         adapter, model_dir = str(model_dir), resolve_model_dir(adapter_base_path(model_dir))
     adapter_dir = resolve_model_dir(adapter) if adapter else None
-    kwargs: dict = dict(
-        dtype=dtype or resolve_dtype("auto", device), trust_remote_code=trust_remote_code, local_files_only=True
+    source = adapter_dir or model_dir
+    has_tokenizer = any((source / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
+    tokenizer = load_tokenizer(source if has_tokenizer else model_dir, trust_remote_code)
+    quant = quantization_kwargs(bits, device, resolve_dtype("auto", device)) if bits else {}
+    model = causal_lm_from_pretrained(
+        model_dir, trust_remote_code, dtype=dtype or resolve_dtype("auto", device), **quant
     )
-    if bits in (4, 8):
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = (
-            BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=resolve_dtype("auto", device)
-            )
-            if bits == 4
-            else BitsAndBytesConfig(load_in_8bit=True)
-        )
-        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-    if bits not in (4, 8):
+    if not bits:
         model.to(device)
     if adapter_dir is not None:
         from peft import PeftModel
 
+        fit_embeddings(model, tokenizer)  # the adapter was trained with added tokens: its rows need a home
         model = PeftModel.from_pretrained(model, adapter_dir)
     model.eval()
-    source = adapter_dir or model_dir
-    has_tokenizer = any((source / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
-    tokenizer = load_tokenizer(source if has_tokenizer else model_dir, trust_remote_code)
     return model, tokenizer, source

@@ -23,6 +23,7 @@ from xtune.io import write_atomically
 from xtune.models.load import (
     attach_adapters,
     default_device,
+    fit_embeddings,
     load_base_model,
     load_tokenizer,
     save_random_init,
@@ -80,14 +81,16 @@ class FinetuneRecipe:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         (self.work_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True))
         torch.manual_seed(cfg.training.seed)
-        self.tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+        self.tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code, cfg.model.add_special_tokens)
         self.template = resolve_template(cfg.data.template, self.tokenizer)
         self.data = build_training_data(cfg.data, self.tokenizer, seed=cfg.training.seed)
 
         model_settings = cfg.model
         if model_settings.random_init and model_settings.method != "full":
             model_settings = save_random_init(model_settings, self.work_dir / "base_model", cfg.training.seed)
-        self.model = attach_adapters(load_base_model(model_settings, self.device, cfg.training.seed), cfg.model)
+        base = load_base_model(model_settings, self.device, cfg.training.seed)
+        grown = fit_embeddings(base, self.tokenizer)
+        self.model = attach_adapters(base, cfg.model, train_embeddings=grown)
         self.model.train()
 
         t = cfg.training

@@ -1,0 +1,157 @@
+"""Presets: every one validates, names say what they contain, list/copy/resolve behave as documented."""
+
+import fnmatch
+import re
+
+import pytest
+import yaml
+
+from xtune.cli import main
+from xtune.config import ConfigError, list_presets, resolve_config
+from xtune.config.presets import DATASETS, FAMILIES, METHODS, PRESETS, TINY_METHODS, get_preset, merge
+from xtune.config.schema import load_config
+
+EXPECTED_TEMPLATE = {"internlm2": "internlm2_chat", "qwen2": "qwen_chat", "llama3": "llama3_chat"}
+EXPECTED_FORMAT = {"alpaca": "alpaca", "oasst1": "oasst1"}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_validates(name):
+    cfg, work_name = resolve_config(name)
+    assert work_name == name
+    assert cfg.data.datasets and cfg.model.path
+
+
+def test_every_family_method_dataset_combination_is_a_preset():
+    expected = {f"{f}_{m}_{d}_e3" for f in FAMILIES for m in METHODS for d in DATASETS}
+    expected |= {f"tiny_assistant_{m}" for m in TINY_METHODS}
+    assert set(PRESETS) == expected
+    # the XTuner names users know
+    assert "internlm2_chat_7b_qlora_oasst1_e3" in PRESETS
+    assert "llama3_8b_instruct_full_alpaca_e3" in PRESETS
+
+
+def test_preset_names_match_their_contents():
+    """`<family>_<method>_<dataset>_e3`: the parts of the name are the model family, the method, the dataset
+    and 3 epochs, as in XTuner; the tiny demo presets are `tiny_assistant_<method>` and use max_steps."""
+    pattern = re.compile(
+        rf"^(?P<family>{'|'.join(FAMILIES)})_(?P<method>{'|'.join(METHODS)})_(?P<dataset>{'|'.join(DATASETS)})_e3$"
+    )
+    for name in PRESETS:
+        cfg, _ = resolve_config(name)
+        if name.startswith("tiny_assistant_"):
+            assert cfg.model.method == name.removeprefix("tiny_assistant_")
+            assert cfg.training.epochs is None and cfg.training.max_steps
+            continue
+        match = pattern.match(name)
+        assert match, f"{name} does not follow <family>_<method>_<dataset>_e3"
+        assert cfg.model.method == match["method"]
+        assert cfg.training.epochs == 3
+        family = match["family"]
+        assert cfg.data.template == next(t for prefix, t in EXPECTED_TEMPLATE.items() if family.startswith(prefix))
+        assert [d.format for d in cfg.data.datasets] == [EXPECTED_FORMAT[match["dataset"]]]
+        if match["method"] == "full":
+            assert cfg.training.lr < 1e-4  # full fine-tuning uses a much smaller lr than LoRA
+        else:
+            assert cfg.model.lora.r == 64
+
+
+def test_get_preset_returns_an_independent_copy():
+    name = "tiny_assistant_full"
+    preset = get_preset(name)
+    preset["training"]["lr"] = 123.0
+    preset["data"]["datasets"].append({"path": "x"})
+    assert get_preset(name)["training"]["lr"] != 123.0
+    assert len(PRESETS[name]["data"]["datasets"]) == 1
+
+
+def test_merge_is_deep_and_replaces_lists():
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 0}
+    out = merge(base, {"a": {"c": [3]}}, {"a": {"e": 5}})
+    assert out == {"a": {"b": 1, "c": [3], "e": 5}, "d": 0}
+    assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 0}  # inputs untouched
+
+
+def test_list_presets_all_sorted():
+    assert list_presets() == sorted(PRESETS)
+    assert list_presets(None) == list_presets("")
+
+
+def test_list_presets_substring():
+    names = list_presets("qlora_oasst1")
+    assert names == sorted(n for n in PRESETS if "qlora_oasst1" in n)
+    assert len(names) == len(FAMILIES)
+
+
+def test_list_presets_glob():
+    names = list_presets("internlm2*_full_*")
+    assert names == sorted(n for n in PRESETS if n.startswith("internlm2") and "_full_" in n)
+    assert len(names) == 2 * len(DATASETS)  # two internlm2 sizes
+    # a glob is anchored: '*qlora' matches only names that end in qlora
+    assert list_presets("*qlora") == ["tiny_assistant_qlora"]
+    assert list_presets("qwen2_?_5b*") == [n for n in sorted(PRESETS) if fnmatch.fnmatch(n, "qwen2_1_5b*")]
+    assert list_presets("no-such-thing") == []
+
+
+def test_unknown_preset_suggests_close_names():
+    with pytest.raises(ConfigError) as info:
+        resolve_config("internlm2_chat_7b_qlora_alpaca_e2")
+    message = str(info.value)
+    assert "neither a config file nor a preset name" in message
+    assert "Did you mean: internlm2_chat_7b_qlora_alpaca_e3" in message
+
+
+def test_unknown_name_without_close_match_points_to_list_cfg():
+    with pytest.raises(ConfigError, match="xtune list-cfg"):
+        resolve_config("zzzz")
+
+
+# --- the CLI: list-cfg and copy-cfg ----------------------------------------------------------------------------
+
+
+def test_cli_list_cfg_with_pattern(capsys):
+    main(["list-cfg", "-p", "tiny"])
+    assert capsys.readouterr().out.split() == sorted(n for n in PRESETS if "tiny" in n)
+
+
+def test_cli_list_cfg_without_match_exits_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["list-cfg", "-p", "nothing-like-this"])
+    assert info.value.code == 2
+    assert "no preset matches" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["internlm2_chat_1_8b_qlora_alpaca_e3", "tiny_assistant_lora"])
+def test_cli_copy_cfg_round_trips(tmp_path, capsys, name):
+    out_dir = tmp_path / "configs"
+    main(["copy-cfg", name, str(out_dir)])
+    written = out_dir / f"{name}_copy.yaml"
+    assert str(written) in capsys.readouterr().out
+    assert yaml.safe_load(written.read_text(encoding="utf-8")) == PRESETS[name]
+    assert load_config(written) == resolve_config(name)[0]
+    cfg, work_name = resolve_config(str(written))
+    assert cfg == resolve_config(name)[0] and work_name == f"{name}_copy"
+    assert [p.name for p in out_dir.iterdir()] == [written.name]  # no temporary file left behind
+
+
+def test_cli_copy_cfg_refuses_to_overwrite_without_force(tmp_path, capsys):
+    name = "tiny_assistant_full"
+    written = tmp_path / f"{name}_copy.yaml"
+    written.write_text("# my edits\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as info:
+        main(["copy-cfg", name, str(tmp_path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "exists" in err and "--force" in err and str(written) in err
+    assert written.read_text(encoding="utf-8") == "# my edits\n"
+
+    main(["copy-cfg", name, str(tmp_path), "--force"])
+    assert load_config(written) == resolve_config(name)[0]
+
+
+def test_cli_copy_cfg_unknown_name_suggests(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["copy-cfg", "tiny_assistant_lroa", str(tmp_path / "out")])
+    assert info.value.code == 2
+    assert "Did you mean: tiny_assistant_lora" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

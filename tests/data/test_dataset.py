@@ -1,0 +1,77 @@
+"""build_training_data: the tokenization cache and dataset mixing."""
+
+import json
+import random
+
+import pytest
+
+from xtune.config.schema import DatasetSettings, DataSettings
+from xtune.data import build_training_data
+from xtune.data.dataset import mixture_factors, repeat_samples
+
+
+def write_alpaca(path, n, tag):
+    path.write_text(
+        "".join(
+            json.dumps({"instruction": f"{tag} question {i}", "output": f"{tag} answer {i}"}) + "\n" for i in range(n)
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+def rows_key(td):
+    return sorted((r.input_ids, r.labels) for r in td.rows)
+
+
+def test_cache_is_reused_and_invalidated(tmp_path, tiny_tokenizer):
+    path = write_alpaca(tmp_path / "a.jsonl", 5, "a")
+    cache_dir = tmp_path / "cache"
+
+    def build(**kwargs):
+        settings = {"template": "qwen_chat", "max_length": 256, "cache_dir": str(cache_dir), **kwargs}
+        return build_training_data(DataSettings(datasets=[DatasetSettings(path=str(path))], **settings), tiny_tokenizer)
+
+    first = build()
+    assert not first.stats[str(path)].from_cache
+    second = build()
+    assert second.stats[str(path)].from_cache
+    assert rows_key(second) == rows_key(first)
+    assert build(cache=False).stats[str(path)].from_cache is False
+
+    # a different template, or edited data, is a different cache entry
+    other_template = build(template="internlm2_chat")
+    assert not other_template.stats[str(path)].from_cache and rows_key(other_template) != rows_key(first)
+    write_alpaca(path, 6, "b")
+    edited = build()
+    assert not edited.stats[str(path)].from_cache and edited.num_samples == 6
+
+
+def test_repeat_and_max_dataset_length(tmp_path, tiny_tokenizer):
+    a = write_alpaca(tmp_path / "a.jsonl", 4, "a")
+    b = write_alpaca(tmp_path / "b.jsonl", 10, "b")
+    data = DataSettings(
+        datasets=[DatasetSettings(path=str(a), repeat=2.5), DatasetSettings(path=str(b), max_dataset_length=3)],
+        template="qwen_chat",
+        cache=False,
+    )
+    td = build_training_data(data, tiny_tokenizer)
+    texts = [tiny_tokenizer.decode(r.input_ids) for r in td.rows]
+    assert sum("a question" in t for t in texts) == 10  # 2 whole copies of 4, plus half of them
+    assert sum("b question" in t for t in texts) == 3
+    assert len({t for t in texts if "b question" in t}) == 3  # a sample of distinct records
+
+
+def test_mixture_factors_with_weights():
+    datasets_ = [DatasetSettings(path="a", weight=3), DatasetSettings(path="b", weight=1)]
+    factors = mixture_factors(datasets_, [100, 300])
+    # 400 samples in all: a makes up 3/4 (300 = 3 x 100), b 1/4 (100 = 1/3 x 300)
+    assert factors == pytest.approx([3.0, 1 / 3])
+    assert mixture_factors([DatasetSettings(path="a"), DatasetSettings(path="b", repeat=2)], [5, 5]) == [1.0, 2.0]
+
+
+def test_repeat_samples():
+    samples = list(range(10))
+    out = repeat_samples(samples, 2.3, random.Random(0))
+    assert len(out) == 23 and out[:20] == samples * 2
+    assert len(set(out[20:])) == 3 and set(out[20:]) <= set(samples)

@@ -1,0 +1,229 @@
+"""Map functions: raw records -> conversations or plain text, built-in and user-supplied."""
+
+import textwrap
+
+import pytest
+
+from xtune.data.formats import EXAMPLES, MAP_FUNCTIONS, RecordError, get_map_fn
+from xtune.errors import ConfigError
+
+
+def test_alpaca_without_input():
+    sample = get_map_fn("alpaca")({"instruction": "Name a colour.", "input": "", "output": "Blue."})
+    assert sample == {
+        "messages": [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]
+    }
+    # a missing input key and a None input (datasets fills absent keys with None) mean the same
+    assert get_map_fn("alpaca")({"instruction": "Name a colour.", "output": "Blue."}) == sample
+    assert get_map_fn("alpaca")({"instruction": "Name a colour.", "input": None, "output": "Blue."}) == sample
+
+
+def test_alpaca_with_input_appended_after_a_newline():
+    sample = get_map_fn("alpaca")({"instruction": "Translate to French", "input": "Hello", "output": "Bonjour"})
+    assert sample["messages"] == [
+        {"role": "user", "content": "Translate to French\nHello"},
+        {"role": "assistant", "content": "Bonjour"},
+    ]
+
+
+def test_alpaca_missing_output_names_the_key():
+    with pytest.raises(RecordError, match="'output'") as info:
+        get_map_fn("alpaca")({"instruction": "x", "input": ""})
+    assert info.value.key == "output"
+
+
+def test_alpaca_non_string_field_names_the_key():
+    with pytest.raises(RecordError, match="'instruction' must be a string") as info:
+        get_map_fn("alpaca")({"instruction": 3, "output": "x"})
+    assert info.value.key == "instruction"
+
+
+def test_alpaca_zh_field_names():
+    sample = get_map_fn("alpaca_zh")({"instruction_zh": "翻译", "input_zh": "你好", "output_zh": "Hello"})
+    assert [m["content"] for m in sample["messages"]] == ["翻译\n你好", "Hello"]
+
+
+def test_openai_keeps_roles_and_loss_flag():
+    record = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!", "loss": False},
+            {"role": "user", "content": "Bye"},
+            {"role": "assistant", "content": "Goodbye.", "loss": True},
+            {"role": "user", "content": "?"},
+            {"role": "assistant", "content": "!", "loss": None},  # as datasets fills a key other rows have
+        ]
+    }
+    sample = get_map_fn("openai")(record)
+    assert sample["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!", "loss": False},
+        {"role": "user", "content": "Bye"},
+        {"role": "assistant", "content": "Goodbye.", "loss": True},
+        {"role": "user", "content": "?"},
+        {"role": "assistant", "content": "!"},
+    ]
+
+
+def test_openai_drops_an_opening_assistant_turn():
+    record = {
+        "messages": [
+            {"role": "system", "content": "S"},
+            {"role": "assistant", "content": "Welcome!"},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+        ]
+    }
+    roles = [m["role"] for m in get_map_fn("openai")(record)["messages"]]
+    assert roles == ["system", "user", "assistant"]
+
+
+def test_openai_bad_role_names_the_message():
+    record = {"messages": [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello"}]}
+    with pytest.raises(RecordError, match=r"messages\[1\]\.role is 'bot'") as info:
+        get_map_fn("openai")(record)
+    assert info.value.key == "messages[1].role"
+    assert "assistant" in str(info.value)  # lists the valid roles
+
+
+@pytest.mark.parametrize(
+    ("record", "key"),
+    [
+        ({}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": "a"}, "text"]}, "messages[1]"),
+    ],
+)
+def test_openai_malformed_records(record, key):
+    with pytest.raises(RecordError) as info:
+        get_map_fn("openai")(record)
+    assert info.value.key == key
+
+
+def test_oasst1_splits_multi_turn_text():
+    text = "### Human: What is 2+2?### Assistant: 4.\n### Human: And 3+3? ### Assistant: 6, of course."
+    sample = get_map_fn("oasst1")({"text": text})
+    assert sample["messages"] == [
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "4."},
+        {"role": "user", "content": "And 3+3?"},
+        {"role": "assistant", "content": "6, of course."},
+    ]
+
+
+def test_oasst1_without_assistant_turn_is_rejected():
+    with pytest.raises(RecordError, match="Assistant") as info:
+        get_map_fn("oasst1")({"text": "### Human: anyone there?"})
+    assert info.value.key == "text"
+
+
+def test_sharegpt_maps_speakers():
+    record = {
+        "conversations": [
+            {"from": "system", "value": "S"},
+            {"from": "human", "value": "Q"},
+            {"from": "gpt", "value": "A"},
+        ]
+    }
+    assert get_map_fn("sharegpt")(record)["messages"] == [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": "A"},
+    ]
+    with pytest.raises(RecordError) as info:
+        get_map_fn("sharegpt")({"conversations": [{"from": "robot", "value": "x"}]})
+    assert info.value.key == "conversations[0].from"
+
+
+def test_prompt_response_with_system():
+    sample = get_map_fn("prompt_response")({"prompt": "Q", "response": "A", "system": "S"})
+    assert [(m["role"], m["content"]) for m in sample["messages"]] == [
+        ("system", "S"),
+        ("user", "Q"),
+        ("assistant", "A"),
+    ]
+
+
+def test_pretrain():
+    assert get_map_fn("pretrain")({"text": "Any document."}) == {"text": "Any document."}
+    with pytest.raises(RecordError) as info:
+        get_map_fn("pretrain")({"content": "x"})
+    assert info.value.key == "text"
+
+
+@pytest.mark.parametrize("name", sorted(MAP_FUNCTIONS))
+def test_every_builtin_maps_its_documented_example(name):
+    """`xtune list-dataset-format` shows EXAMPLES[name]; it must map to a valid sample."""
+    sample = MAP_FUNCTIONS[name](EXAMPLES[name])
+    if name == "pretrain":
+        assert set(sample) == {"text"} and sample["text"]
+    else:
+        messages = sample["messages"]
+        assert messages[-1]["role"] == "assistant" and messages[-1]["content"]
+        assert any(m["role"] == "user" for m in messages)
+
+
+# --- user map functions ----------------------------------------------------------------------------------------
+
+USER_MODULE = textwrap.dedent(
+    """
+    def qa(record):
+        return {"messages": [{"role": "user", "content": record["q"].upper()},
+                             {"role": "assistant", "content": record["a"]}]}
+
+    NOT_CALLABLE = 3
+    """
+)
+
+
+def test_user_map_fn_from_file_path(tmp_path):
+    path = tmp_path / "my_maps.py"
+    path.write_text(USER_MODULE, encoding="utf-8")
+    fn = get_map_fn(f"{path}:qa")
+    assert fn({"q": "hi", "a": "hello"})["messages"][0] == {"role": "user", "content": "HI"}
+
+
+def test_user_map_fn_from_relative_file_path_and_base_dir(tmp_path, monkeypatch):
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "rel_maps.py").write_text(USER_MODULE, encoding="utf-8")
+    monkeypatch.chdir(tmp_path / "maps")
+    assert get_map_fn("rel_maps.py:qa")({"q": "a", "a": "b"})["messages"][1]["content"] == "b"
+    monkeypatch.chdir(tmp_path)
+    fn = get_map_fn("rel_maps.py:qa", base_dir=tmp_path / "maps")  # not in cwd: found next to the config
+    assert fn({"q": "x", "a": "y"})["messages"][0]["content"] == "X"
+
+
+def test_user_map_fn_from_module(tmp_path, monkeypatch):
+    (tmp_path / "xtune_test_user_maps.py").write_text(USER_MODULE, encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, "xtune_test_user_maps", raising=False)
+    fn = get_map_fn("xtune_test_user_maps:qa")
+    assert fn({"q": "q", "a": "a"}) == {
+        "messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "a"}]
+    }
+
+
+def test_user_map_fn_errors(tmp_path, monkeypatch):
+    path = tmp_path / "err_maps.py"
+    path.write_text(USER_MODULE, encoding="utf-8")
+    with pytest.raises(ConfigError, match="has no function 'missing'"):
+        get_map_fn(f"{path}:missing")
+    with pytest.raises(ConfigError, match="has no function 'NOT_CALLABLE'"):
+        get_map_fn(f"{path}:NOT_CALLABLE")
+    with pytest.raises(ConfigError, match="not found"):
+        get_map_fn(f"{tmp_path / 'nope.py'}:qa")
+    with pytest.raises(ConfigError, match="cannot import 'no_such_module_xyz'"):
+        get_map_fn("no_such_module_xyz:fn")
+
+
+def test_unknown_format_lists_builtins():
+    with pytest.raises(ConfigError) as info:
+        get_map_fn("alpacca")
+    message = str(info.value)
+    assert "unknown dataset format 'alpacca'" in message
+    for name in MAP_FUNCTIONS:
+        assert name in message
+    assert "module:" in message and ".py:" in message  # and how to name your own
