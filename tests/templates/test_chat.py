@@ -148,9 +148,18 @@ def test_resolve_template(tiny_tokenizer, monkeypatch):
     assert resolve_template("internlm2_chat", tiny_tokenizer) is TEMPLATES["internlm2_chat"]
     monkeypatch.setattr(tiny_tokenizer, "chat_template", None)
     with pytest.raises(ConfigError, match="no chat_template"):
-        resolve_template("auto", tiny_tokenizer)
+        resolve_template("tokenizer_chat_template", tiny_tokenizer)
+    # auto: the family's template first, then the tokenizer's jinja, then default
+    assert resolve_template("auto", tiny_tokenizer) is TEMPLATES["default"]
+    assert resolve_template("auto", tiny_tokenizer, model_type="qwen2") is TEMPLATES["qwen_chat"]
+    assert resolve_template("auto", tiny_tokenizer, model_type="internlm2") is TEMPLATES["internlm2_chat"]
+    assert resolve_template("auto", tiny_tokenizer, model_type="llama") is TEMPLATES["default"]
+    monkeypatch.setattr(tiny_tokenizer, "get_vocab", lambda: {"<|eot_id|>": 0})
+    assert resolve_template("auto", tiny_tokenizer, model_type="llama") is TEMPLATES["llama3_chat"]
+    monkeypatch.undo()
     monkeypatch.setattr(tiny_tokenizer, "chat_template", TEMPLATES["qwen_chat"].to_jinja())
     assert isinstance(resolve_template("auto", tiny_tokenizer), TokenizerTemplate)
+    assert isinstance(resolve_template("tokenizer_chat_template", tiny_tokenizer, "qwen2"), TokenizerTemplate)
 
 
 @pytest.mark.parametrize("name", ["qwen_chat", "internlm2_chat", "default"])

@@ -57,7 +57,7 @@ class DatasetSettings(_Section):
 
 class DataSettings(_Section):
     datasets: list[DatasetSettings] = Field(min_length=1)
-    template: str = "default"
+    template: str = Field("auto", description="A template name; auto: the model family's, else the tokenizer's.")
     system: str | None = Field(None, description="System prompt added to every sample that has none.")
     max_length: int = Field(2048, gt=1)
     pack_to_max_length: bool = False

@@ -24,7 +24,9 @@ from xtune.data.loading import load_records, record_location
 from xtune.data.packing import Row, fill_ratio, pack, single_rows
 from xtune.errors import DataError
 from xtune.io import write_atomically, write_text_atomically
-from xtune.templates import resolve_template
+from xtune.templates import ChatTemplate, TokenizerTemplate, resolve_template
+
+Template = ChatTemplate | TokenizerTemplate
 
 ENCODE_BATCH = 1024
 
@@ -82,13 +84,14 @@ def encode_records(
     dataset: DatasetSettings,
     data: DataSettings,
     tokenizer: PreTrainedTokenizerBase,
+    template: Template | None = None,
     on_error: Callable[[DataError], None] | None = None,
 ) -> Iterator[tuple[int, EncodedSample]]:
     """(record index, encoded sample) for every record of one dataset, in file order. A bad record raises a
     DataError naming file, line and key, or, with `on_error`, is reported there and skipped."""
     path = resolve_path(dataset.path)
     map_fn = get_map_fn(dataset.format)
-    template = resolve_template(data.template, tokenizer)
+    template = template or resolve_template(data.template, tokenizer)
     system = dataset.system if dataset.system is not None else data.system
     records = load_records(path)
     batch: list[tuple[int, list]] = []
@@ -121,11 +124,12 @@ def encode_records(
 
 
 def tokenized_dataset(
-    dataset: DatasetSettings, data: DataSettings, tokenizer: PreTrainedTokenizerBase
+    dataset: DatasetSettings, data: DataSettings, tokenizer: PreTrainedTokenizerBase, template: Template | None = None
 ) -> tuple[list[EncodedSample], DatasetStats]:
     """The encoded samples of one dataset that have something to train on, from the on-disk cache when the
     data, tokenizer, template and options are unchanged."""
-    cache = _cache_path(dataset, data, tokenizer) if data.cache else None
+    template = template or resolve_template(data.template, tokenizer)
+    cache = _cache_path(dataset, data, tokenizer, template) if data.cache else None
     if cache is not None and (cache / "stats.json").exists():
         stats_raw = json.loads((cache / "stats.json").read_text())
         columns = datasets.load_from_disk(str(cache / "samples")).to_dict()
@@ -140,7 +144,7 @@ def tokenized_dataset(
         return samples, stats
 
     samples, stats = [], DatasetStats()
-    for _, sample in encode_records(dataset, data, tokenizer):
+    for _, sample in encode_records(dataset, data, tokenizer, template):
         if not has_trained_tokens(sample):
             stats.dropped["nothing to train within max_length" if sample.truncated else "nothing to train"] += 1
             continue
@@ -169,11 +173,14 @@ def tokenized_dataset(
     return samples, stats
 
 
-def build_training_data(data: DataSettings, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> TrainingData:
+def build_training_data(
+    data: DataSettings, tokenizer: PreTrainedTokenizerBase, template: Template | None = None, seed: int = 0
+) -> TrainingData:
+    """`template` is the resolved data.template (see xtune.templates.resolve_template); resolved here if None."""
     rng = random.Random(seed)
     parts, all_stats = [], {}
     for dataset in data.datasets:
-        samples, stats = tokenized_dataset(dataset, data, tokenizer)
+        samples, stats = tokenized_dataset(dataset, data, tokenizer, template)
         if dataset.max_dataset_length is not None and len(samples) > dataset.max_dataset_length:
             samples = rng.sample(samples, dataset.max_dataset_length)
         parts.append(samples)
@@ -210,7 +217,9 @@ def cache_root(data: DataSettings) -> Path:
     return Path(data.cache_dir or os.environ.get("XTUNE_CACHE") or Path.home() / ".cache" / "xtune") / "tokenized"
 
 
-def _cache_path(dataset: DatasetSettings, data: DataSettings, tokenizer: PreTrainedTokenizerBase) -> Path:
+def _cache_path(
+    dataset: DatasetSettings, data: DataSettings, tokenizer: PreTrainedTokenizerBase, template: Template
+) -> Path:
     """The cache entry for this exact input: data bytes, map function, template, tokenizer and options."""
     digest = hashlib.sha256()
     path = resolve_path(dataset.path)
@@ -225,7 +234,6 @@ def _cache_path(dataset: DatasetSettings, data: DataSettings, tokenizer: PreTrai
         map_source = inspect.getsource(map_fn)
     except (OSError, TypeError):
         map_source = f"{map_fn.__module__}.{map_fn.__qualname__}"
-    template = resolve_template(data.template, tokenizer)
     options = {
         "version": xtune.__version__,
         "format": dataset.format,

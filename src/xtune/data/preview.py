@@ -15,6 +15,7 @@ from xtune.config.schema import Config
 from xtune.data.dataset import encode_records
 from xtune.data.encode import IGNORE_INDEX, EncodedSample, has_trained_tokens
 from xtune.errors import DataError
+from xtune.templates import config_template
 
 HISTOGRAM_BINS = 8
 
@@ -23,10 +24,11 @@ def check_dataset(cfg: Config, tokenizer: PreTrainedTokenizerBase, console: Cons
     """Read every record of every dataset; report counts, lengths, truncation and every bad record.
     Returns the number of bad records (the command's exit status is non-zero when there are any)."""
     total_errors = 0
+    template = config_template(cfg, tokenizer)
     for dataset in cfg.data.datasets:
         errors: list[DataError] = []
         lengths, truncated, dropped = [], 0, Counter()
-        for _, sample in encode_records(dataset, cfg.data, tokenizer, on_error=errors.append):
+        for _, sample in encode_records(dataset, cfg.data, tokenizer, template, on_error=errors.append):
             if not has_trained_tokens(sample):
                 dropped["nothing to train within max_length" if sample.truncated else "nothing to train"] += 1
                 continue
@@ -72,7 +74,7 @@ def log_dataset(
 ) -> None:
     """Print encoded samples: text, the text with trained spans highlighted, ids and/or labels."""
     dataset = cfg.data.datasets[0]
-    samples = encode_records(dataset, cfg.data, tokenizer)
+    samples = encode_records(dataset, cfg.data, tokenizer, config_template(cfg, tokenizer))
     chosen = islice(((i, s) for i, s in samples if index is None or i == index), count)
     found = False
     for record_index, sample in chosen:

@@ -73,6 +73,12 @@ def causal_lm_from_pretrained(model_dir: Path, trust_remote_code: bool = False, 
     )
 
 
+def checkpoint_model_type(path: str) -> str | None:
+    """The model_type in a checkpoint's own config.json (before any conversion): it names the family."""
+    model_dir = resolve_model_dir(path)
+    return read_config(model_dir).get("model_type") if (model_dir / "config.json").exists() else None
+
+
 def model_config(model_dir: Path, trust_remote_code: bool = False) -> PretrainedConfig:
     if _is_internlm2_dir(model_dir):
         return llama_config_from_internlm2(read_config(model_dir))

@@ -13,11 +13,62 @@ from xtune.templates.jinja import TokenizerTemplate
 
 AUTO_NAMES = ("auto", "tokenizer_chat_template")
 
-__all__ = ["TEMPLATES", "ChatTemplate", "Segment", "TokenizerTemplate", "get_template", "resolve_template"]
+# config.json model_type -> the xtune template its chat models were trained with.
+FAMILY_TEMPLATES = {
+    "internlm2": "internlm2_chat",
+    "internlm3": "internlm2_chat",
+    "qwen2": "qwen_chat",
+    "qwen2_moe": "qwen_chat",
+    "qwen3": "qwen3",
+    "qwen3_moe": "qwen3",
+    "mistral": "mistral",
+    "mixtral": "mixtral",
+    "gemma": "gemma",
+    "gemma2": "gemma",
+    "gemma3": "gemma",
+    "gemma3_text": "gemma",
+    "phi3": "phi3_chat",
+    "deepseek_v2": "deepseek",
+    "deepseek_v3": "deepseek",
+    "chatglm": "chatglm3",
+    "baichuan": "baichuan2_chat",
+    "cohere": "cohere_chat",
+    "minicpm": "minicpm",
+}
+
+__all__ = [
+    "TEMPLATES",
+    "ChatTemplate",
+    "Segment",
+    "TokenizerTemplate",
+    "config_template",
+    "get_template",
+    "resolve_template",
+]
 
 
-def resolve_template(name: str, tokenizer: PreTrainedTokenizerBase) -> ChatTemplate | TokenizerTemplate:
-    """A named xtune template, or for 'auto' the tokenizer's own jinja chat_template."""
-    if name in AUTO_NAMES:
+def resolve_template(
+    name: str, tokenizer: PreTrainedTokenizerBase, model_type: str | None = None
+) -> ChatTemplate | TokenizerTemplate:
+    """A named template; or for `auto`: the family's xtune template when the checkpoint's model_type (or, for
+    Llama, its vocabulary) identifies one, else the tokenizer's own jinja chat_template, else `default`.
+    `tokenizer_chat_template` always uses the tokenizer's jinja."""
+    if name == "tokenizer_chat_template":
         return TokenizerTemplate(tokenizer)
-    return get_template(name)
+    if name != "auto":
+        return get_template(name)
+    family = FAMILY_TEMPLATES.get(model_type or "")
+    if model_type == "llama" and "<|eot_id|>" in tokenizer.get_vocab():
+        family = "llama3_chat"
+    if family in TEMPLATES:
+        return TEMPLATES[family]
+    if getattr(tokenizer, "chat_template", None):
+        return TokenizerTemplate(tokenizer)
+    return TEMPLATES["default"]
+
+
+def config_template(cfg, tokenizer: PreTrainedTokenizerBase) -> ChatTemplate | TokenizerTemplate:
+    """The template a config trains with: data.template resolved against its model's checkpoint."""
+    from xtune.models.load import checkpoint_model_type
+
+    return resolve_template(cfg.data.template, tokenizer, checkpoint_model_type(cfg.model.path))

@@ -28,7 +28,7 @@ from xtune.models.load import (
     load_tokenizer,
     save_random_init,
 )
-from xtune.templates import resolve_template
+from xtune.templates import ChatTemplate, config_template
 from xtune.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from xtune.train.loss import count_trained_tokens, loss_sum
 from xtune.train.metrics import RunLog, logger
@@ -71,7 +71,7 @@ def autocast_context(mode: str, device: torch.device):
 
 class FinetuneRecipe:
     def __init__(self, cfg: Config, work_dir: Path, device: torch.device | None = None):
-        self.cfg = cfg
+        self.cfg = cfg.model_copy(deep=True)  # setup records resolved choices in it
         self.work_dir = Path(work_dir)
         self.device = device or default_device()
 
@@ -79,11 +79,13 @@ class FinetuneRecipe:
     def setup(self, resume: str | bool | None = None) -> None:
         cfg = self.cfg
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        (self.work_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True))
         torch.manual_seed(cfg.training.seed)
         self.tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code, cfg.model.add_special_tokens)
-        self.template = resolve_template(cfg.data.template, self.tokenizer)
-        self.data = build_training_data(cfg.data, self.tokenizer, seed=cfg.training.seed)
+        self.template = config_template(cfg, self.tokenizer)
+        if isinstance(self.template, ChatTemplate):  # record what `auto` chose, for chat and export
+            cfg.data.template = self.template.name
+        (self.work_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True))
+        self.data = build_training_data(cfg.data, self.tokenizer, self.template, seed=cfg.training.seed)
 
         model_settings = cfg.model
         if model_settings.random_init and model_settings.method != "full":
