@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase
 
-from xtune.templates.chat import TEMPLATES, ChatTemplate, Segment, get_template
+from xtune.templates.catalog import TEMPLATES, get_template
+from xtune.templates.chat import ChatTemplate, Segment
 from xtune.templates.jinja import TokenizerTemplate
 
 AUTO_NAMES = ("auto", "tokenizer_chat_template")
@@ -28,7 +29,7 @@ FAMILY_TEMPLATES = {
     "gemma3": "gemma",
     "gemma3_text": "gemma",
     "phi3": "phi3_chat",
-    "deepseek_v2": "deepseek",
+    "deepseek_v2": "deepseek_v2",
     "deepseek_v3": "deepseek",
     "chatglm": "chatglm3",
     "baichuan": "baichuan2_chat",

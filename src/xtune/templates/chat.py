@@ -1,15 +1,17 @@
-"""Template definitions and rendering. Placeholders: {content}, {bos}, {eos} (filled from the tokenizer)."""
+"""Template definitions and rendering. Placeholders: {content}, {bos}, {eos} (filled from the tokenizer).
+
+The catalogue of named templates lives in `xtune.templates.catalog`.
+"""
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from xtune.errors import ConfigError
-
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str, "loss": bool (optional)}
+
+_MERGE_ERROR = "this template puts the system prompt inside the first user message; a user message must follow it"
 
 
 @dataclass(frozen=True)
@@ -20,16 +22,37 @@ class Segment:
 
 @dataclass(frozen=True)
 class ChatTemplate:
+    """One chat format. A conversation renders as
+
+        prefix, then per message: system | user | assistant_prefix + [reply_prefix + content + assistant_suffix]
+        + turn_separator, then the generation prompt (assistant_prefix) or, for a finished conversation, suffix.
+
+    Only the bracketed part is trained: the reply and its end-of-turn marker, so the model learns to stop.
+    Headers, user and system text, separators and the suffix are scaffolding. render() and to_jinja() read the
+    same fields, so an exported tokenizer formats chats exactly as xtune trained them.
+    """
+
     name: str
     system: str  # a system message, e.g. "<|im_start|>system\n{content}<|im_end|>\n"
     user: str
-    assistant_prefix: str  # the header the model is prompted with; never trained
+    assistant_prefix: str  # the header the model is prompted with (the generation prompt); never trained
     assistant_suffix: str  # the end-of-turn marker; trained, so the model learns to stop
     turn_separator: str = ""  # text after the end-of-turn marker; scaffolding, not trained
     prefix: str = ""  # text before the whole conversation, e.g. "{bos}"
     default_system: str | None = None  # used when a conversation has no system message, as the official template
     strip_content: bool = False  # the official template trims message contents (Llama 3)
     stop_words: tuple[str, ...] = ()
+    # Text the model writes itself between the header and its reply: the space in "[/INST] Hi" (Llama 2, Mistral)
+    # or "Assistant: Hi" (DeepSeek V2), whose official generation prompt ends before it. Trained with the reply:
+    # tokenizers merge it into the reply's first token ("▁Hi", "ĠHi"), which must stay a trained label.
+    reply_prefix: str = ""
+    # The system text (rendered with `system`) goes inside the first user message instead of standing alone:
+    # Llama 2's <<SYS>> block, Mistral, Gemma (which has no system role). A user message must follow it.
+    merge_system: bool = False
+    # Header of assistant replies that are not the conversation's last message; default assistant_prefix.
+    # Qwen3 (thinking off) shows its empty think block only on the final reply and the generation prompt.
+    history_assistant_prefix: str | None = None
+    suffix: str = ""  # after the last message of a finished conversation (no generation prompt): Phi-3's eos
 
     def render(
         self,
@@ -45,23 +68,37 @@ class ChatTemplate:
         messages = list(messages)
         if self.default_system is not None and (not messages or messages[0]["role"] != "system"):
             messages.insert(0, {"role": "system", "content": self.default_system})
-        for message in messages:
+        pending_system = ""  # merge_system: system text waiting for the next user message
+        for index, message in enumerate(messages):
             role, content = message["role"], message["content"]
             if self.strip_content:
                 content = content.strip()
+            if pending_system and role != "user":
+                raise ValueError(f"template {self.name!r}: {_MERGE_ERROR}")
             if role == "system":
-                segments.append(Segment(fill(self.system, content), False))
+                if self.merge_system:
+                    pending_system += fill(self.system, content)
+                else:
+                    segments.append(Segment(fill(self.system, content), False))
             elif role == "user":
-                segments.append(Segment(fill(self.user, content), False))
+                segments.append(Segment(fill(self.user, pending_system + content), False))
+                pending_system = ""
             elif role == "assistant":
                 trained = message.get("loss") is not False
-                segments.append(Segment(fill(self.assistant_prefix), False))
-                segments.append(Segment(content + fill(self.assistant_suffix), trained))
+                header = self.assistant_prefix
+                if self.history_assistant_prefix is not None and index < len(messages) - 1:
+                    header = self.history_assistant_prefix
+                segments.append(Segment(fill(header), False))
+                segments.append(Segment(fill(self.reply_prefix) + content + fill(self.assistant_suffix), trained))
                 segments.append(Segment(fill(self.turn_separator), False))
             else:
                 raise ValueError(f"template {self.name!r} has no rendering for role {role!r}")
+        if pending_system:
+            raise ValueError(f"template {self.name!r}: {_MERGE_ERROR}")
         if add_generation_prompt:
             segments.append(Segment(fill(self.assistant_prefix), False))
+        else:
+            segments.append(Segment(fill(self.suffix), False))
         return [s for s in segments if s.text]
 
     def render_text(
@@ -80,18 +117,37 @@ class ChatTemplate:
         as xtune trained them."""
         content = "(message['content'] | trim)" if self.strip_content else "message['content']"
         out = [_jinja(self.prefix)]
+        if self.merge_system:
+            out.append("{% set ns = namespace(system='') %}")
         if self.default_system is not None:
-            default = _jinja(self.system, json.dumps(self.default_system))
+            default = json.dumps(self.default_system)
+            if self.merge_system:
+                default = "{% set ns.system = " + _expr(self.system, default) + " %}"
+            else:
+                default = _jinja(self.system, default)
             out.append("{% if not messages or messages[0]['role'] != 'system' %}" + default + "{% endif %}")
         out.append("{% for message in messages %}")
-        out.append("{% if message['role'] == 'system' %}" + _jinja(self.system, content))
-        out.append("{% elif message['role'] == 'user' %}" + _jinja(self.user, content))
-        out.append(
-            "{% elif message['role'] == 'assistant' %}"
-            + _jinja(self.assistant_prefix + "{content}" + self.assistant_suffix + self.turn_separator, content)
-        )
+        if self.merge_system:
+            raise_if_pending = "{% if ns.system %}{{ raise_exception(" + json.dumps(_MERGE_ERROR) + ") }}{% endif %}"
+            merge = f"{{% set ns.system = ns.system + {_expr(self.system, content)} %}}"
+            out.append("{% if message['role'] == 'system' %}" + raise_if_pending + merge)
+            user = _jinja(self.user, f"(ns.system + {content})")
+            out.append("{% elif message['role'] == 'user' %}" + user + "{% set ns.system = '' %}")
+        else:
+            raise_if_pending = ""
+            out.append("{% if message['role'] == 'system' %}" + _jinja(self.system, content))
+            out.append("{% elif message['role'] == 'user' %}" + _jinja(self.user, content))
+        turn = self.reply_prefix + "{content}" + self.assistant_suffix + self.turn_separator
+        reply = _jinja(self.assistant_prefix + turn, content)
+        if self.history_assistant_prefix is not None:
+            earlier = _jinja(self.history_assistant_prefix + turn, content)
+            reply = "{% if loop.last %}" + reply + "{% else %}" + earlier + "{% endif %}"
+        out.append("{% elif message['role'] == 'assistant' %}" + raise_if_pending + reply)
         out.append("{% endif %}{% endfor %}")
-        out.append("{% if add_generation_prompt %}" + _jinja(self.assistant_prefix) + "{% endif %}")
+        if self.merge_system:
+            out.append(raise_if_pending)
+        finished = "{% else %}" + _jinja(self.suffix) if self.suffix else ""
+        out.append("{% if add_generation_prompt %}" + _jinja(self.assistant_prefix) + finished + "{% endif %}")
         return "".join(out)
 
 
@@ -104,9 +160,8 @@ class _Filler:
         return fmt.replace("{bos}", self.bos).replace("{eos}", self.eos).replace("{content}", content)
 
 
-def _jinja(fmt: str, content_expr: str = "''") -> str:
-    if not fmt:
-        return ""
+def _expr(fmt: str, content_expr: str = "''") -> str:
+    """A jinja expression for a format string; `content_expr` stands for {content}."""
     parts = []
     for i, piece in enumerate(fmt.split("{content}")):
         if i:
@@ -119,59 +174,8 @@ def _jinja(fmt: str, content_expr: str = "''") -> str:
                     parts.append("eos_token")
                 if chunk:
                     parts.append(json.dumps(chunk))
-    return "{{ " + " + ".join(parts) + " }}" if parts else ""
+    return " + ".join(parts) if parts else "''"
 
 
-_CHATML = dict(
-    system="<|im_start|>system\n{content}<|im_end|>\n",
-    user="<|im_start|>user\n{content}<|im_end|>\n",
-    assistant_prefix="<|im_start|>assistant\n",
-    assistant_suffix="<|im_end|>",
-    turn_separator="\n",
-    stop_words=("<|im_end|>",),
-)
-
-TEMPLATES: dict[str, ChatTemplate] = {
-    t.name: t
-    for t in [
-        # XTuner's default: plain-text role markers for base models without a chat template.
-        ChatTemplate(
-            name="default",
-            system="<|System|>:{content}\n",
-            user="<|User|>:{content}\n",
-            assistant_prefix="<|Bot|>:",
-            assistant_suffix="{eos}",
-            turn_separator="\n",
-            prefix="{bos}",
-            stop_words=("{eos}",),
-        ),
-        # internlm/internlm2-chat-1_8b tokenizer_config.json chat_template.
-        ChatTemplate(name="internlm2_chat", prefix="{bos}", **_CHATML),
-        # Qwen/Qwen2-1.5B-Instruct (also Qwen1.5) tokenizer_config.json chat_template.
-        ChatTemplate(
-            name="qwen_chat",
-            default_system="You are a helpful assistant.",
-            **{**_CHATML, "stop_words": ("<|im_end|>", "<|endoftext|>")},
-        ),
-        # meta-llama/Meta-Llama-3-8B-Instruct tokenizer_config.json chat_template.
-        ChatTemplate(
-            name="llama3_chat",
-            prefix="{bos}",
-            system="<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
-            user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
-            assistant_prefix="<|start_header_id|>assistant<|end_header_id|>\n\n",
-            assistant_suffix="<|eot_id|>",
-            strip_content=True,
-            stop_words=("<|eot_id|>", "<|end_of_text|>"),
-        ),
-    ]
-}
-
-
-def get_template(name: str) -> ChatTemplate:
-    try:
-        return TEMPLATES[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(TEMPLATES), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"unknown template {name!r}; {hint}known templates: {', '.join(TEMPLATES)}") from None
+def _jinja(fmt: str, content_expr: str = "''") -> str:
+    return "{{ " + _expr(fmt, content_expr) + " }}" if fmt else ""
