@@ -30,7 +30,8 @@ class ModelSettings(_Section):
     method: Literal["full", "lora", "qlora"] = "lora"
     lora: LoraSettings = LoraSettings()
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # auto: transformers' choice for the model (SDPA where supported). All keep packed samples apart.
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False
     add_special_tokens: list[str] = Field(

@@ -245,6 +245,8 @@ def load_internlm2_as_llama(
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if problems:
         raise ValueError(f"{model_dir}: InternLM2 weights do not fit the Llama model: {problems}")
+    # from_pretrained(None) names the model "None", which PEFT writes into adapter_config.json as the base
+    model.name_or_path = model.config.name_or_path = str(model_dir)
     if (Path(model_dir) / "generation_config.json").exists():  # chat models stop on <|im_end|> through it
         model.generation_config = GenerationConfig.from_pretrained(model_dir)
     return model

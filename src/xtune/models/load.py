@@ -132,7 +132,8 @@ def load_base_model(settings: ModelSettings, device: torch.device | None = None,
     device = device or default_device()
     model_dir = resolve_model_dir(settings.path)
     dtype = resolve_dtype(settings.dtype, device)
-    common = dict(dtype=dtype, attn_implementation=settings.attn_implementation)
+    attn = None if settings.attn_implementation == "auto" else settings.attn_implementation
+    common = dict(dtype=dtype, attn_implementation=attn)
     if settings.random_init:
         if settings.method == "qlora":
             raise ConfigError(
@@ -181,6 +182,11 @@ def embedding_module_names(model: PreTrainedModel) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if id(module) in embeddings})
 
 
+def head_is_tied(model: PreTrainedModel) -> bool:
+    head = model.get_output_embeddings()
+    return head is not None and head.weight is model.get_input_embeddings().weight
+
+
 def attach_adapters(model: PreTrainedModel, settings: ModelSettings, train_embeddings: bool = False) -> PreTrainedModel:
     """LoRA/QLoRA adapters per the settings; with `train_embeddings` (new tokens) the embedding and head are
     trained in full and saved with the adapter, so the new rows are learned and survive a merge."""
@@ -202,6 +208,8 @@ def attach_adapters(model: PreTrainedModel, settings: ModelSettings, train_embed
         lora_dropout=settings.lora.dropout,
         target_modules=settings.lora.target_modules,
         modules_to_save=embedding_module_names(model) if train_embeddings else None,
+        # a tied head must use the trained copy of the embedding; otherwise it keeps the frozen rows (PEFT >= 0.18)
+        ensure_weight_tying=train_embeddings and head_is_tied(model),
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lora)

@@ -92,7 +92,8 @@ class FinetuneRecipe:
             model_settings = save_random_init(model_settings, self.work_dir / "base_model", cfg.training.seed)
         base = load_base_model(model_settings, self.device, cfg.training.seed)
         grown = fit_embeddings(base, self.tokenizer)
-        self.model = attach_adapters(base, cfg.model, train_embeddings=grown)
+        # new tokens need trained rows whether the embedding grew or already had spare (untrained) rows for them
+        self.model = attach_adapters(base, cfg.model, train_embeddings=grown or bool(cfg.model.add_special_tokens))
         self.model.train()
 
         t = cfg.training
@@ -228,7 +229,12 @@ class FinetuneRecipe:
         in training, and the resolved config."""
 
         def write(tmp: Path) -> None:
-            self.model.save_pretrained(tmp)
+            if hasattr(self.model, "peft_config"):
+                # A grown embedding and head are in modules_to_save already; PEFT's default ("auto": the vocabulary
+                # changed) would add the untrained resized originals and a second copy of each, 3x the bytes.
+                self.model.save_pretrained(tmp, save_embedding_layers=False)
+            else:
+                self.model.save_pretrained(tmp)
             self.tokenizer.chat_template = self.template.to_jinja()
             self.tokenizer.save_pretrained(tmp)
             (tmp / CONFIG_FILE).write_text((self.work_dir / CONFIG_FILE).read_text())
