@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -22,9 +23,10 @@ class ChatSession:
     ):
         self.model, self.tokenizer, self.template = model, tokenizer, template
         self.system = system
-        self.settings = settings
+        stop_words = list(settings.stop_words)
         if template is not None:
-            self.settings.stop_words = [*settings.stop_words, *template.stop_words_for(tokenizer.eos_token)]
+            stop_words += [w for w in template.stop_words_for(tokenizer.eos_token) if w not in stop_words]
+        self.settings = dataclasses.replace(settings, stop_words=stop_words)  # the caller's settings stay as given
         self.history: list[dict] = []
 
     def reset(self) -> None:

@@ -46,13 +46,12 @@ def memory_used() -> str:
 
 
 class RunLog:
-    def __init__(self, work_dir: Path, total_steps: int, start_step: int):
+    def __init__(self, work_dir: Path, total_steps: int, start_step: int, console: Console):
         self.work_dir = work_dir
         self.metrics_file = work_dir / "metrics.jsonl"
         self.history = [r for r in self._read_history() if r["step"] <= start_step]  # drop a killed run's tail
         self.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in self.history))
-        self.console = Console(stderr=True)
-        setup_logging(work_dir / "train.log", self.console)
+        self.console = console
         self.progress = Progress(
             TextColumn("[bold]train"),
             BarColumn(),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from rich.console import Console
 
 from xtune.chat.generate import GenerationSettings
 from xtune.chat.session import ChatSession
@@ -31,7 +32,7 @@ from xtune.models.load import (
 from xtune.templates import ChatTemplate, config_template
 from xtune.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from xtune.train.loss import count_trained_tokens, loss_sum
-from xtune.train.metrics import RunLog, logger
+from xtune.train.metrics import RunLog, logger, setup_logging
 
 CONFIG_FILE = "xtune_config.yaml"
 
@@ -79,6 +80,8 @@ class FinetuneRecipe:
     def setup(self, resume: str | bool | None = None) -> None:
         cfg = self.cfg
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.console = Console(stderr=True)
+        setup_logging(self.work_dir / "train.log", self.console)  # from the start: setup and resume are logged too
         torch.manual_seed(cfg.training.seed)
         self.tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code, cfg.model.add_special_tokens)
         self.template = config_template(cfg, self.tokenizer)
@@ -152,7 +155,7 @@ class FinetuneRecipe:
         )
         batches = self.micro_batches(self.step * t.gradient_accumulation)
         autocast = autocast_context(t.mixed_precision, self.device)
-        with RunLog(self.work_dir, self.total_steps, self.step) as run_log:
+        with RunLog(self.work_dir, self.total_steps, self.step, self.console) as run_log:
             if self.step == 0:
                 self.evaluate()
             while self.step < self.total_steps:
