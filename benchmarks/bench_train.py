@@ -125,7 +125,7 @@ def encoded_records(root: Path, max_length: int):
     return [s for _, s in encode_records(cfg.data.datasets[0], cfg.data, tokenizer)], tokenizer
 
 
-def base_config(root: Path, method: str, max_length: int, batch_rows: int, precision: str = "no") -> dict:
+def base_config(root: Path, method: str, max_length: int, batch_rows: int, precision: str = "fp32") -> dict:
     return {
         "model": {
             "path": str(root / "model"),
@@ -309,7 +309,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", choices=WORKLOADS, default="small")
     parser.add_argument("--method", choices=["lora", "full"], default="lora")
-    parser.add_argument("--precision", choices=["bf16", "no"], default="bf16" if cpu_has_fast_bf16() else "no")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16" if cpu_has_fast_bf16() else "fp32")
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--records", type=int, help="override the workload's record count")
     parser.add_argument("--quick", action="store_true", help="a reduced run (about a minute)")

@@ -81,18 +81,42 @@ def cmd_log_dataset(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from xtune.config import resolve_config
+    from xtune.train.distributed import shutdown
     from xtune.train.recipe import FinetuneRecipe
 
-    cfg, name = resolve_config(args.config, args.set or [])
+    if args.deepspeed:
+        raise XtuneError(
+            "--deepspeed is not supported yet; use --fsdp (FSDP2 shards parameters, gradients and "
+            "optimizer states as ZeRO-3 does) or the default DDP"
+        )
+    if (args.nproc_per_node > 1 or args.nnodes > 1) and "WORLD_SIZE" not in os.environ:
+        _relaunch_under_torchrun(args)
+    overrides = [*(args.set or []), *(["training.engine=fsdp"] if args.fsdp else [])]
+    cfg, name = resolve_config(args.config, overrides)
     work_dir = Path(args.work_dir or cfg.work_dir or Path("work_dirs") / name)
-    if args.resume not in (None, True):
-        resume: str | bool | None = args.resume
-    else:
-        resume = args.resume
     recipe = FinetuneRecipe(cfg, work_dir)
-    recipe.setup(resume=resume)
+    recipe.setup(resume=args.resume)
     out = recipe.train()
-    print(f"done: {out}")
+    world = recipe.world
+    del recipe  # free the engine's wrappers before the process group goes
+    shutdown(world)
+    if world.is_main:
+        print(f"done: {out}")
+
+
+def _relaunch_under_torchrun(args: argparse.Namespace) -> None:
+    """Run this same `xtune train` in N processes per node under torchrun, which sets WORLD_SIZE and RANK."""
+    import subprocess
+
+    from xtune.train.distributed import launch_command
+
+    argv = sys.argv[1:]
+    for flag in ("--nproc-per-node", "--nnodes", "--node-rank", "--master-addr", "--master-port"):
+        while flag in argv:
+            i = argv.index(flag)
+            del argv[i : i + 2]
+    command = launch_command(args.nproc_per_node, args.nnodes, args.node_rank, args.master_addr, args.master_port, argv)
+    sys.exit(subprocess.call(command))
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
@@ -150,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="a YAML config path or a preset name (xtune list-cfg)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. training.lr=1e-4")
     p.add_argument("--work-dir", help="where checkpoints, logs and the final model go")
+    p.add_argument("--nproc-per-node", type=int, default=1, help="processes (GPUs) per node; >1 runs torchrun")
+    p.add_argument("--nnodes", type=int, default=1)
+    p.add_argument("--node-rank", type=int, default=0)
+    p.add_argument("--master-addr", default="127.0.0.1")
+    p.add_argument("--master-port", type=int, default=29500)
+    p.add_argument("--fsdp", action="store_true", help="shard the model with FSDP2 (default engine: DDP)")
+    p.add_argument("--deepspeed", metavar="CONFIG", help="not supported yet")
     p.add_argument(
         "--resume",
         nargs="?",

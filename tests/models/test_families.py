@@ -138,7 +138,7 @@ def train_config(base: Path, **model_extra) -> dict:
             "lr": 1e-2,
             "lr_schedule": "constant",
             "warmup_ratio": 0.0,
-            "mixed_precision": "no",
+            "mixed_precision": "fp32",
             "log_every": 100,
         },
         "saving": {"save_steps": 1000},

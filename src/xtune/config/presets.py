@@ -77,7 +77,7 @@ TINY_ASSISTANT: dict[str, Any] = {
         "gradient_accumulation": 1,
         "warmup_ratio": 0.05,
         "log_every": 10,
-        "mixed_precision": "no",
+        "mixed_precision": "fp32",
     },
     "saving": {"save_steps": 100, "save_total_limit": 2},
     "evaluation": {"freq": 100, "inputs": ["请介绍一下你自己", "What is the capital of France?"], "max_new_tokens": 48},

@@ -79,7 +79,9 @@ class TrainingSettings(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 0
-    mixed_precision: Literal["auto", "bf16", "no"] = "auto"
+    mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the hardware runs it fast
+    # With several processes (torchrun, --nproc-per-node): DDP replicates the model, FSDP2 shards it per layer.
+    engine: Literal["ddp", "fsdp"] = "ddp"
     log_every: int = Field(10, gt=0)
 
     @model_validator(mode="after")

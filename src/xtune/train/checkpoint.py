@@ -94,3 +94,69 @@ def load_checkpoint(
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(load_file(path / "rng.safetensors"))
     return state
+
+
+# ---------------------------------------------------------------------------------------------- FSDP2
+def save_sharded_checkpoint(
+    work_dir: Path,
+    step: int,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    extra: dict,
+    keep: int,
+    is_main: bool,
+) -> Path:
+    """Each rank writes its shards with torch.distributed.checkpoint into a temporary directory; rank 0 adds
+    the trainer state and renames it into place once every rank is done. Resumable on the same world size."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    final = work_dir / f"checkpoint-{step}"
+    tmp = work_dir / f".checkpoint-{step}.tmp"
+    model_state, optim_state = get_state_dict(module, optimizer)
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp / "sharded"))
+    save_file(rng_state(), tmp / f"rng-rank{dist.get_rank()}.safetensors")
+    dist.barrier()
+    if is_main:
+        state = {"step": step, "scheduler": scheduler.state_dict(), "world_size": dist.get_world_size(), **extra}
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in list_checkpoints(work_dir)[:-keep]:
+            shutil.rmtree(old)
+    dist.barrier()
+    return final
+
+
+def load_sharded_checkpoint(
+    path: Path,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict:
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    state = json.loads((path / STATE_FILE).read_text())
+    if state.get("world_size") != dist.get_world_size():
+        raise ValueError(
+            f"{path} was written by {state.get('world_size')} processes; resume it with as many "
+            f"(this run has {dist.get_world_size()})"
+        )
+    model_state, optim_state = get_state_dict(module, optimizer)
+    target = {"model": model_state, "optimizer": optim_state}
+    dcp.load(target, checkpoint_id=str(path / "sharded"))
+    set_state_dict(module, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(load_file(path / f"rng-rank{dist.get_rank()}.safetensors"))
+    return state
+
+
+def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's weights gathered from every rank (a collective: call on all ranks), on CPU."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

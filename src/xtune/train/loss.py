@@ -51,3 +51,15 @@ def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
         end = start + CHUNK_TOKENS
         total = total + checkpoint(chunk_loss, hidden[start:end], targets[start:end], use_reentrant=False)
     return total
+
+
+class CausalLMLoss(torch.nn.Module):
+    """The model with `loss_sum` as its forward: data-parallel engines (DDP, FSDP2) hook a module's forward,
+    so the loss is computed inside the module they wrap."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        return loss_sum(self.model, {"input_ids": input_ids, "labels": labels, "position_ids": position_ids})

@@ -20,6 +20,7 @@ from xtune.chat.session import ChatSession
 from xtune.config.schema import Config
 from xtune.data import build_training_data
 from xtune.data.packing import collate, epoch_batches
+from xtune.errors import ConfigError
 from xtune.io import write_atomically
 from xtune.models.load import (
     attach_adapters,
@@ -30,8 +31,16 @@ from xtune.models.load import (
     save_random_init,
 )
 from xtune.templates import ChatTemplate, config_template
-from xtune.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from xtune.train.loss import count_trained_tokens, loss_sum
+from xtune.train.checkpoint import (
+    full_state_dict,
+    list_checkpoints,
+    load_checkpoint,
+    load_sharded_checkpoint,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
+from xtune.train.distributed import all_reduce_sum, barrier, device_for, init_world, main_first, wrap
+from xtune.train.loss import CausalLMLoss, count_trained_tokens
 from xtune.train.metrics import RunLog, logger, setup_logging
 
 CONFIG_FILE = "xtune_config.yaml"
@@ -64,7 +73,7 @@ def autocast_context(mode: str, device: torch.device):
     if mode == "auto":
         on_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported()
         on_cpu = device.type == "cpu" and cpu_has_fast_bf16()
-        mode = "bf16" if on_gpu or on_cpu else "no"
+        mode = "bf16" if on_gpu or on_cpu else "fp32"
     if mode == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -74,30 +83,49 @@ class FinetuneRecipe:
     def __init__(self, cfg: Config, work_dir: Path, device: torch.device | None = None):
         self.cfg = cfg.model_copy(deep=True)  # setup records resolved choices in it
         self.work_dir = Path(work_dir)
-        self.device = device or default_device()
+        self.world = init_world()
+        self.device = device_for(self.world) if self.world.distributed else device or default_device()
 
     # ------------------------------------------------------------------ setup
     def setup(self, resume: str | bool | None = None) -> None:
-        cfg = self.cfg
+        cfg, world = self.cfg, self.world
+        if world.distributed and cfg.training.engine == "fsdp" and cfg.model.method != "full":
+            # Measured: FSDP2 over a PEFT model gives LoRA gradients that differ from one process's (DDP's match).
+            raise ConfigError(
+                "--fsdp supports method full for now; train LoRA/QLoRA on several processes with "
+                "the default DDP engine (adapters are small, so replicas cost little memory)"
+            )
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.console = Console(stderr=True)
-        setup_logging(self.work_dir / "train.log", self.console)  # from the start: setup and resume are logged too
+        # From the start, so setup and resume are logged too; one log, written by rank 0.
+        setup_logging(self.work_dir / "train.log" if world.is_main else None, self.console)
         torch.manual_seed(cfg.training.seed)
         self.tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code, cfg.model.add_special_tokens)
         self.template = config_template(cfg, self.tokenizer)
         if isinstance(self.template, ChatTemplate):  # record what `auto` chose, for chat and export
             cfg.data.template = self.template.name
-        (self.work_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True))
-        self.data = build_training_data(cfg.data, self.tokenizer, self.template, seed=cfg.training.seed)
+        if world.is_main:
+            config_text = yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True)
+            (self.work_dir / CONFIG_FILE).write_text(config_text)
+        with main_first(world):  # rank 0 tokenizes and caches, the other ranks read the cache
+            self.data = build_training_data(cfg.data, self.tokenizer, self.template, seed=cfg.training.seed)
 
         model_settings = cfg.model
         if model_settings.random_init and model_settings.method != "full":
-            model_settings = save_random_init(model_settings, self.work_dir / "base_model", cfg.training.seed)
+            base_dir = self.work_dir / "base_model"
+            with main_first(world):
+                if world.is_main:
+                    save_random_init(model_settings, base_dir, cfg.training.seed)
+            model_settings = model_settings.model_copy(update={"path": str(base_dir.resolve()), "random_init": False})
         base = load_base_model(model_settings, self.device, cfg.training.seed)
         grown = fit_embeddings(base, self.tokenizer)
         # new tokens need trained rows whether the embedding grew or already had spare (untrained) rows for them
         self.model = attach_adapters(base, cfg.model, train_embeddings=grown or bool(cfg.model.add_special_tokens))
         self.model.train()
+        # Every training forward goes through this module, which the engine wraps (FSDP2 shards in place, so the
+        # optimizer below sees the sharded parameters).
+        self.loss_module = wrap(CausalLMLoss(self.model), cfg.training.engine, world)
+        self.sharded = world.distributed and cfg.training.engine == "fsdp"
 
         t = cfg.training
         decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
@@ -106,7 +134,8 @@ class FinetuneRecipe:
             [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=t.lr
         )
         self.batches_per_epoch = math.ceil(len(self.data.rows) / t.batch_size)
-        self.total_steps = t.max_steps or math.ceil(t.epochs * self.batches_per_epoch / t.gradient_accumulation)
+        self.micro_batches_per_step = t.gradient_accumulation * world.size  # the global batch, in micro-batches
+        self.total_steps = t.max_steps or math.ceil(t.epochs * self.batches_per_epoch / self.micro_batches_per_step)
         warmup = round(t.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(t.lr_schedule, warmup, self.total_steps)
@@ -124,14 +153,16 @@ class FinetuneRecipe:
             path = found[-1]
         else:
             path = Path(resume)
-        state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
+        load = load_sharded_checkpoint if self.sharded else load_checkpoint
+        state = load(path, self.loss_module if self.sharded else self.model, self.optimizer, self.scheduler)
         self.step = state["step"]
         logger.info(f"resumed from {path} at step {self.step}")
 
     # ------------------------------------------------------------------ data order
     def micro_batches(self, start: int):
-        """(batch, real token count) from micro-batch index `start` on, epoch after epoch. The order of an epoch
-        depends only on seed and epoch, so a resumed run sees exactly the batches the interrupted one would have."""
+        """(batch, real token count) from global micro-batch index `start` on, epoch after epoch; rank r takes
+        every world-size-th micro-batch. The order of an epoch depends only on seed and epoch, so a resumed run
+        sees exactly the batches the interrupted one would have, and N ranks see what one process would."""
         t, data = self.cfg.training, self.cfg.data
         lengths = [len(r) for r in self.data.rows]
         index = start
@@ -139,8 +170,9 @@ class FinetuneRecipe:
             epoch, position = divmod(index, self.batches_per_epoch)
             batches = epoch_batches(lengths, t.batch_size, t.seed, epoch, data.shuffle, data.group_by_length)
             for indices in batches[position:]:
-                rows = [self.data.rows[i] for i in indices]
-                yield collate(rows, self.tokenizer.pad_token_id), sum(len(r) for r in rows)
+                if index % self.world.size == self.world.rank:
+                    rows = [self.data.rows[i] for i in indices]
+                    yield collate(rows, self.tokenizer.pad_token_id), sum(len(r) for r in rows)
                 index += 1
 
     # ------------------------------------------------------------------ training
@@ -153,9 +185,11 @@ class FinetuneRecipe:
             f"model: {cfg.model.method}, {trainable:,} trainable of {total:,} parameters; "
             f"{self.total_steps} steps of {t.batch_size} x {t.gradient_accumulation} rows on {self.device}"
         )
-        batches = self.micro_batches(self.step * t.gradient_accumulation)
+        world = self.world
+        batches = self.micro_batches(self.step * self.micro_batches_per_step)
         autocast = autocast_context(t.mixed_precision, self.device)
-        with RunLog(self.work_dir, self.total_steps, self.step, self.console) as run_log:
+        run_log = RunLog(self.work_dir, self.total_steps, self.step, self.console) if world.is_main else None
+        with run_log or contextlib.nullcontext():
             if self.step == 0:
                 self.evaluate()
             while self.step < self.total_steps:
@@ -165,14 +199,17 @@ class FinetuneRecipe:
                     batch, n_real = next(batches)
                     window.append({k: v.to(self.device) for k, v in batch.items()})
                     real_tokens += n_real
-                # The loss is the mean over every trained token of the window, not a mean of micro-batch means.
-                n_trained = sum(count_trained_tokens(mb["labels"]) for mb in window)
+                # The loss is the mean over every trained token of the global window (all micro-batches of all
+                # ranks), not a mean of micro-batch means; engines average gradients over ranks, hence * size.
+                n_trained = all_reduce_sum(sum(count_trained_tokens(mb["labels"]) for mb in window), world)
                 window_loss = 0.0
                 for mb in window:
                     with autocast:
-                        loss = loss_sum(self.model, mb)
-                    (loss / max(n_trained, 1)).backward()
+                        loss = self.loss_module(**mb)
+                    (loss * world.size / max(n_trained, 1)).backward()
                     window_loss += loss.item()
+                window_loss = all_reduce_sum(window_loss, world)
+                real_tokens = all_reduce_sum(real_tokens, world)
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     [p for p in self.model.parameters() if p.requires_grad], t.max_grad_norm or float("inf")
                 )
@@ -187,34 +224,48 @@ class FinetuneRecipe:
                     "step": self.step,
                     "loss": window_loss / max(n_trained, 1),
                     "lr": lr,
-                    "grad_norm": float(grad_norm),
+                    "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
                     "trained_tokens": n_trained,
                     "tokens_per_s": real_tokens / elapsed,
                 }
-                run_log.step(record, show=self.step % t.log_every == 0 or self.step == self.total_steps)
+                if run_log is not None:
+                    run_log.step(record, show=self.step % t.log_every == 0 or self.step == self.total_steps)
                 if self.step % cfg.evaluation.freq == 0 and self.step < self.total_steps:
                     self.evaluate()
                 if self.step % cfg.saving.save_steps == 0 and self.step < self.total_steps:
-                    path = save_checkpoint(
-                        self.work_dir,
-                        self.step,
-                        self.model,
-                        self.optimizer,
-                        self.scheduler,
-                        {"total_steps": self.total_steps},
-                        cfg.saving.save_total_limit,
-                    )
-                    logger.info(f"saved {path}")
+                    self.save_checkpoint()
             self.evaluate()
-            curve = run_log.save_curve()
+            curve = run_log.save_curve() if run_log is not None else None
             if curve:
                 logger.info(f"training curve: {curve}")
         return self.save_final()
 
     # ------------------------------------------------------------------ evaluation and output
+    def save_checkpoint(self) -> None:
+        extra, keep = {"total_steps": self.total_steps}, self.cfg.saving.save_total_limit
+        if self.sharded:
+            path = save_sharded_checkpoint(
+                self.work_dir,
+                self.step,
+                self.loss_module,
+                self.optimizer,
+                self.scheduler,
+                extra,
+                keep,
+                self.world.is_main,
+            )
+        elif self.world.is_main:  # DDP replicas are identical: rank 0 writes
+            path = save_checkpoint(self.work_dir, self.step, self.model, self.optimizer, self.scheduler, extra, keep)
+        else:
+            return
+        logger.info(f"saved {path}")
+
     def evaluate(self) -> None:
         ev = self.cfg.evaluation
-        if not ev.inputs:
+        if not ev.inputs or not self.world.is_main:
+            return
+        if self.sharded:  # generation outside the FSDP root would see sharded embeddings
+            logger.info("evaluation inputs are skipped under FSDP; chat with the final model instead")
             return
         settings = GenerationSettings(max_new_tokens=ev.max_new_tokens)
         lines = []
@@ -231,17 +282,27 @@ class FinetuneRecipe:
         """A Hugging Face directory: the PEFT adapter (or full model), the tokenizer with the chat template used
         in training, and the resolved config."""
 
+        # Under FSDP2 every rank gathers the full weights (a collective); rank 0 writes them.
+        gathered = None
+        if self.sharded:
+            prefix = "model."  # CausalLMLoss.model
+            gathered = {k.removeprefix(prefix): v for k, v in full_state_dict(self.loss_module).items()}
+        if not self.world.is_main:
+            barrier(self.world)
+            return self.work_dir / "final"
+
         def write(tmp: Path) -> None:
             if hasattr(self.model, "peft_config"):
                 # A grown embedding and head are in modules_to_save already; PEFT's default ("auto": the vocabulary
                 # changed) would add the untrained resized originals and a second copy of each, 3x the bytes.
-                self.model.save_pretrained(tmp, save_embedding_layers=False)
+                self.model.save_pretrained(tmp, save_embedding_layers=False, state_dict=gathered)
             else:
-                self.model.save_pretrained(tmp)
+                self.model.save_pretrained(tmp, state_dict=gathered)
             self.tokenizer.chat_template = self.template.to_jinja()
             self.tokenizer.save_pretrained(tmp)
             (tmp / CONFIG_FILE).write_text((self.work_dir / CONFIG_FILE).read_text())
 
         path = write_atomically(self.work_dir / "final", write)
         logger.info(f"saved {'model' if self.cfg.model.method == 'full' else 'adapter'} to {path}")
+        barrier(self.world)
         return path
