@@ -8,6 +8,7 @@ import pytest
 from xtune.config.schema import DatasetSettings, DataSettings
 from xtune.data import build_training_data
 from xtune.data.dataset import mixture_factors, repeat_samples
+from xtune.errors import DataError
 
 
 def write_alpaca(path, n, tag):
@@ -75,3 +76,15 @@ def test_repeat_samples():
     out = repeat_samples(samples, 2.3, random.Random(0))
     assert len(out) == 23 and out[:20] == samples * 2
     assert len(set(out[20:])) == 3 and set(out[20:]) <= set(samples)
+
+
+def test_a_failed_run_caches_nothing(tmp_path, tiny_tokenizer):
+    path = write_alpaca(tmp_path / "a.jsonl", 3, "a")
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"instruction": "no output here"}) + "\n")
+    cache_dir = tmp_path / "cache"
+    settings = DataSettings(datasets=[DatasetSettings(path=str(path))], template="qwen_chat", cache_dir=str(cache_dir))
+    with pytest.raises(DataError, match=r"a.jsonl:4: missing key 'output'"):
+        build_training_data(settings, tiny_tokenizer)
+    leftovers = list(cache_dir.rglob("*")) if cache_dir.exists() else []
+    assert not [p for p in leftovers if p.is_file()]

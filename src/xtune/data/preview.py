@@ -34,7 +34,7 @@ def check_dataset(cfg: Config, tokenizer: PreTrainedTokenizerBase, console: Cons
                 continue
             truncated += sample.truncated
             lengths.append(len(sample.input_ids))
-        console.print(f"[bold]{dataset.path}[/] (format {dataset.format})")
+        console.print(f"[bold]{dataset.path}[/] (format {dataset.format})", soft_wrap=True)
         table = Table(show_header=False, box=None, padding=(0, 2))
         table.add_row("records", str(len(lengths) + sum(dropped.values()) + len(errors)))
         table.add_row("usable samples", str(len(lengths)))
@@ -47,7 +47,7 @@ def check_dataset(cfg: Config, tokenizer: PreTrainedTokenizerBase, console: Cons
         if lengths:
             console.print(length_histogram(lengths, cfg.data.max_length))
         for error in errors:
-            console.print(f"[red]error[/] {error}", highlight=False, markup=False)
+            console.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
         total_errors += len(errors)
     return total_errors
 

@@ -1,0 +1,81 @@
+"""`xtune check-dataset` and `xtune log-dataset`, run through the CLI on a small config."""
+
+import json
+import re
+
+import pytest
+import yaml
+
+from xtune.cli import main
+from xtune.data.encode import IGNORE_INDEX
+
+GOOD = {"instruction": "Say hi", "output": "Hi there"}
+
+
+def write_config(tmp_path, records: list[dict]) -> str:
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    config = {
+        "model": {"path": "builtin:tiny-llama"},
+        "data": {
+            "datasets": [{"path": str(data), "format": "alpaca"}],
+            "template": "qwen_chat",
+            "max_length": 64,
+            "cache_dir": str(tmp_path / "cache"),
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_check_dataset_reports_every_bad_record_and_fails(tmp_path, capsys):
+    long = {"instruction": "x " * 200, "output": "y"}  # the reply falls beyond max_length: dropped
+    config = write_config(tmp_path, [GOOD, {"instruction": "no output"}, GOOD, long, {"output": "no instruction"}])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["check-dataset", config])
+    assert exit_info.value.code != 0
+    out = capsys.readouterr().out
+    data = str(tmp_path / "data.jsonl")
+    assert f"{data}:2: missing key 'output'" in out and f"{data}:5: missing key 'instruction'" in out
+    assert re.search(r"usable samples\s+2\b", out) and re.search(r"bad records\s+2\b", out)
+    assert "dropped: nothing to train within max_length" in out
+    assert "token lengths:" in out
+
+
+def test_check_dataset_passes_on_clean_data(tmp_path, capsys):
+    main(["check-dataset", write_config(tmp_path, [GOOD, GOOD])])
+    out = capsys.readouterr().out
+    assert re.search(r"usable samples\s+2\b", out) and re.search(r"bad records\s+0\b", out)
+
+
+def test_log_dataset_json_has_ids_labels_and_text(tmp_path, capsys):
+    main(
+        [
+            "log-dataset",
+            write_config(tmp_path, [GOOD, {"instruction": "Second", "output": "Two"}]),
+            "--index",
+            "1",
+            "--format",
+            "json",
+        ]
+    )
+    sample = json.loads(capsys.readouterr().out)
+    assert sample["index"] == 1 and "Second" in sample["text"]
+    assert len(sample["input_ids"]) == len(sample["labels"])
+    trained = [t for t, lab in zip(sample["input_ids"], sample["labels"], strict=True) if lab != IGNORE_INDEX]
+    assert trained and all(
+        lab in (IGNORE_INDEX, t) for t, lab in zip(sample["input_ids"], sample["labels"], strict=True)
+    )
+
+
+def test_log_dataset_shows_the_trained_span(tmp_path, capsys):
+    main(["log-dataset", write_config(tmp_path, [GOOD]), "--show", "all"])
+    out = capsys.readouterr().out
+    assert "Hi there" in out and "labels:" in out and "input_ids:" in out and "trained" in out
+
+
+def test_log_dataset_unknown_index_is_an_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["log-dataset", write_config(tmp_path, [GOOD]), "--index", "7"])
+    assert exit_info.value.code == 2 and "no record with index 7" in capsys.readouterr().err
