@@ -169,7 +169,11 @@ def tokenized_dataset(
             }
             write_text_atomically(tmp / "stats.json", json.dumps(stats_raw))
 
-        write_atomically(cache, write)
+        try:
+            write_atomically(cache, write)
+        except OSError:  # another process (a parallel run) wrote the same entry first: theirs is as good
+            if not (cache / "stats.json").exists():
+                raise
     return samples, stats
 
 

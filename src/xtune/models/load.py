@@ -202,6 +202,12 @@ def attach_adapters(model: PreTrainedModel, settings: ModelSettings, train_embed
             use_gradient_checkpointing=settings.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
+        # bitsandbytes repacks 4-bit weights in place for its CPU inference kernel (AVX512-BF16) on the first
+        # eval-mode no-grad forward, and that kernel has no backward: after an evaluation, training would
+        # silently lose every gradient through the quantized layers. Keep the trainable layout.
+        for module in model.modules():
+            if getattr(module, "support_avx512bf16_for_cpu", False):
+                module.support_avx512bf16_for_cpu = False
     lora = LoraConfig(
         r=settings.lora.r,
         lora_alpha=settings.lora.alpha,
