@@ -1,7 +1,9 @@
-"""The fine-tuning recipe: one explicit training loop for full, LoRA and QLoRA training on one device.
+"""The fine-tuning recipe: one explicit training loop for full, LoRA and QLoRA training, on one device or on
+several processes (DDP or FSDP2, see distributed.py).
 
-Read top to bottom: setup (tokenizer, data, model, optimizer, schedule, resume), then train (one optimizer step
-per accumulation window), evaluate and save along the way, and write a Hugging Face directory at the end.
+Read top to bottom: setup (tokenizer, template, data, model, engine, optimizer, schedule, resume), then train
+(one optimizer step per global accumulation window), evaluate and save along the way, and write a Hugging Face
+directory at the end.
 """
 
 from __future__ import annotations
