@@ -15,7 +15,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from xtune.chat import session as session_module
 from xtune.cli import main
@@ -23,13 +22,6 @@ from xtune.cli import main
 STEPS = 100
 IDENTITY = "我是 xtune 小助手，一个用 xtune 在 CPU 上几分钟就微调出来的小模型，很高兴为你服务！"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -515,7 +515,7 @@ def test_load_tool_from_a_module(tmp_path, monkeypatch):
         ("{file}:undocumented", "needs a docstring"),
         ("{file}:star", "must be a plain named parameter"),
         ("{file}:listy", "parameter 'a' needs a type hint"),
-        ("{dir}/nope.py:add", "no such file"),
+        ("{dir}/nope.py:add", "not found"),
         ("xtune_no_such_module_anywhere:add", "cannot import"),
     ],
 )

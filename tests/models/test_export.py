@@ -19,13 +19,6 @@ TINY_LLAMA = Path(__file__).resolve().parents[2] / "src" / "xtune" / "assets" / 
 CONFIG_YAML = "model:\n  method: lora\n  lora: {r: 4, alpha: 8}\ndata:\n  template: qwen_chat\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def base_and_adapter(tmp_path_factory) -> tuple[Path, Path]:

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from xtune.config.presets import get_preset, merge
 from xtune.config.schema import Config, validate_config
@@ -56,12 +55,3 @@ def xtune_env(cache_dir) -> dict[str, str]:
 def xtune_cmd() -> list[str]:
     return [sys.executable, "-m", "xtune.cli"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models train fastest on one thread (see xtune_env); module scope, so that it also covers the
-    module-scoped training runs; restored after each module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -13,14 +13,11 @@ import ast
 import contextlib
 import decimal
 import functools
-import importlib
-import importlib.util
 import inspect
 import json
 import math
 import re
 import signal
-import sys
 import threading
 import time
 import types
@@ -33,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from xtune.errors import XtuneError
+from xtune.user_code import load_function
 
 
 class ToolError(Exception):
@@ -150,33 +148,7 @@ def _split_docstring(doc: str) -> tuple[str, dict[str, str]]:
 def load_tool(spec: str) -> Tool:
     """A tool from user code: `package.module:function` or `path/to/file.py:function`. The user names the code, so
     running it is their choice; what the model sends it is still checked against the signature."""
-    target, sep, attr = spec.rpartition(":")
-    if not sep or not target or not attr:
-        raise XtuneError(f"tool {spec!r}: expected 'module:function' or 'path/to/file.py:function'")
-    if target.endswith(".py") or "/" in target or "\\" in target:
-        path = Path(target).expanduser()
-        if not path.is_file():
-            raise XtuneError(f"tool {spec!r}: no such file {path}")
-        module_name = f"xtune_user_tool_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}"
-        module_spec = importlib.util.spec_from_file_location(module_name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise XtuneError(f"tool {spec!r}: cannot load {path} as Python")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_name] = module  # dataclasses and pickling look the module up by name
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as exc:
-            sys.modules.pop(module_name, None)
-            raise XtuneError(f"tool {spec!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
-    else:
-        try:
-            module = importlib.import_module(target)
-        except Exception as exc:
-            raise XtuneError(f"tool {spec!r}: cannot import {target}: {type(exc).__name__}: {exc}") from exc
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise XtuneError(f"tool {spec!r}: {target} has no function {attr!r}")
-    return Tool.from_function(fn)
+    return Tool.from_function(load_function(spec, "tool"))
 
 
 class ToolRegistry:

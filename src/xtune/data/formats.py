@@ -7,14 +7,13 @@ A map function raises `RecordError` naming the key it could not use; the loader 
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from xtune.errors import ConfigError
+from xtune.user_code import load_function
 
 Sample = dict[str, Any]
 MapFn = Callable[[dict[str, Any]], Sample]
@@ -175,27 +174,9 @@ def get_map_fn(name: str, base_dir: Path | None = None) -> MapFn:
     """A built-in name, `package.module:function`, or `path/to/file.py:function`."""
     if name in MAP_FUNCTIONS:
         return MAP_FUNCTIONS[name]
-    target, sep, attr = name.rpartition(":")
-    if not sep:
+    if ":" not in name:
         raise ConfigError(
             f"unknown dataset format {name!r}; built-in formats: {', '.join(MAP_FUNCTIONS)}, "
             "or name your own as 'my_module:my_map_fn' or 'path/to/file.py:my_map_fn'"
         )
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_absolute() and base_dir is not None and not path.exists():
-            path = base_dir / path
-        if not path.exists():
-            raise ConfigError(f"dataset format {name!r}: file {path} not found")
-        spec = importlib.util.spec_from_file_location(f"xtune_user_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as e:
-            raise ConfigError(f"dataset format {name!r}: cannot import {target!r}: {e}") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ConfigError(f"dataset format {name!r}: {target} has no function {attr!r}")
-    return fn
+    return load_function(name, "dataset format", base_dir)
