@@ -125,8 +125,8 @@ def test_segments_mark_only_assistant_content_and_end_of_turn_as_trained():
 
 
 def test_unknown_role_is_rejected():
-    with pytest.raises(ValueError, match="role 'tool'"):
-        get_template("qwen_chat").render([{"role": "tool", "content": "42"}])
+    with pytest.raises(ValueError, match="role 'function'"):
+        get_template("qwen_chat").render([{"role": "function", "content": "42"}])
 
 
 def test_stop_words():

@@ -313,3 +313,40 @@ def test_trained_tokens_are_the_replies_and_their_end_of_turn(name):
     lead = template.reply_prefix  # what the model writes before the reply, e.g. the space after "[/INST]"
     expected = [lead + reply["content"] + end_of_turn for reply in (A1, A2)]
     assert [tokenizer.decode(run) for run in runs] == expected
+
+
+TOOL_CONVERSATION = [
+    {"role": "user", "content": "What is 12 * 7?"},
+    {"role": "assistant", "content": "Let me calculate."},
+    {"role": "tool", "content": "84"},
+    {"role": "assistant", "content": "12 * 7 = 84."},
+]
+TOOL_TEMPLATES = sorted(name for name, template in TEMPLATES.items() if template.tool is not None)
+
+
+@pytest.mark.parametrize("name", [n for n in TOOL_TEMPLATES if n in ("qwen_chat", "qwen3", "llama3_chat")])
+def test_tool_results_render_as_the_official_template(name):
+    """Qwen2 and Llama 3 render any role generically; Qwen3 wraps results in <tool_response> in a user turn."""
+    tokenizer = tokenizer_for(name)
+    kwargs = {"enable_thinking": False} if name == "qwen3" else {}
+    for generation_prompt in (False, True):
+        conversation = TOOL_CONVERSATION if not generation_prompt else TOOL_CONVERSATION[:3]
+        official = apply(tokenizer, OFFICIAL[name]["jinja"], conversation, generation_prompt, **kwargs)
+        assert xtune_text(name, conversation, generation_prompt) == official
+
+
+@pytest.mark.parametrize("name", TOOL_TEMPLATES)
+def test_tool_results_are_never_trained_and_export_to_jinja(name):
+    tokenizer = tokenizer_for(name)
+    template = TEMPLATES[name]
+    bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
+    assert apply(tokenizer, template.to_jinja(), TOOL_CONVERSATION, False) == xtune_text(name, TOOL_CONVERSATION, False)
+    sample = encode_batch([template.render(TOOL_CONVERSATION, bos=bos, eos=eos)], tokenizer, 4096)[0]
+    trained = tokenizer.decode([t for t, label in zip(sample.input_ids, sample.labels, strict=True) if label >= 0])
+    assert "84" not in trained.replace("12 * 7 = 84.", "")
+    assert "Let me calculate." in trained and "12 * 7 = 84." in trained
+
+
+def test_a_template_without_a_tool_format_refuses_tool_results():
+    with pytest.raises(ValueError, match="no rendering for role 'tool'"):
+        TEMPLATES["mistral"].render(TOOL_CONVERSATION)

@@ -75,12 +75,19 @@ TEMPLATES: dict[str, ChatTemplate] = {
             stop_words=("<eoa>",),
         ),
         # internlm/internlm2-chat-1_8b tokenizer_config.json chat_template.
-        ChatTemplate(name="internlm2_chat", prefix="{bos}", **_CHATML),
+        # Tool results come back in the environment role (InternLM's chat_format.md).
+        ChatTemplate(
+            name="internlm2_chat",
+            prefix="{bos}",
+            tool="<|im_start|>environment name=<|plugin|>\n{content}<|im_end|>\n",
+            **_CHATML,
+        ),
         # --- Qwen -------------------------------------------------------------------------------------------------
         # Qwen/Qwen2-1.5B-Instruct (also Qwen1.5) tokenizer_config.json chat_template.
         ChatTemplate(
             name="qwen_chat",
             default_system="You are a helpful assistant.",
+            tool="<|im_start|>tool\n{content}<|im_end|>\n",  # the official template renders any role this way
             **{**_CHATML, "stop_words": ("<|im_end|>", "<|endoftext|>")},
         ),
         # Qwen/Qwen3-* (hybrid thinking) with thinking off. The official template gives the final reply, and the
@@ -95,6 +102,7 @@ TEMPLATES: dict[str, ChatTemplate] = {
                 "assistant_prefix": "<|im_start|>assistant\n<think>\n\n</think>\n\n",
                 "history_assistant_prefix": "<|im_start|>assistant\n",
                 "stop_words": ("<|im_end|>", "<|endoftext|>"),
+                "tool": "<|im_start|>user\n<tool_response>\n{content}\n</tool_response><|im_end|>\n",
             },
         ),
         # --- Llama, Mistral ---------------------------------------------------------------------------------------
@@ -121,6 +129,7 @@ TEMPLATES: dict[str, ChatTemplate] = {
             assistant_suffix="<|eot_id|>",
             strip_content=True,
             stop_words=("<|eot_id|>", "<|end_of_text|>"),
+            tool="<|start_header_id|>tool<|end_header_id|>\n\n{content}<|eot_id|>",  # generic roles, as official
         ),
         # mistralai/Mistral-7B-Instruct-v0.1 / v0.2 tokenizer_config.json chat_template.
         ChatTemplate(name="mistral", **_MISTRAL),

@@ -42,6 +42,9 @@ class ChatTemplate:
     default_system: str | None = None  # used when a conversation has no system message, as the official template
     strip_content: bool = False  # the official template trims message contents (Llama 3)
     stop_words: tuple[str, ...] = ()
+    # A tool result message ({"role": "tool"}), as the model's own format writes it; never trained. None: the
+    # template has no tool format and a conversation with tool results is refused.
+    tool: str | None = None
     # Text the model writes itself between the header and its reply: the space in "[/INST] Hi" (Llama 2, Mistral)
     # or "Assistant: Hi" (DeepSeek V2), whose official generation prompt ends before it. Trained with the reply:
     # tokenizers merge it into the reply's first token ("▁Hi", "ĠHi"), which must stay a trained label.
@@ -91,6 +94,8 @@ class ChatTemplate:
                 segments.append(Segment(fill(header), False))
                 segments.append(Segment(fill(self.reply_prefix) + content + fill(self.assistant_suffix), trained))
                 segments.append(Segment(fill(self.turn_separator), False))
+            elif role == "tool" and self.tool is not None:
+                segments.append(Segment(fill(self.tool, content), False))
             else:
                 raise ValueError(f"template {self.name!r} has no rendering for role {role!r}")
         if pending_system:
@@ -143,6 +148,8 @@ class ChatTemplate:
             earlier = _jinja(self.history_assistant_prefix + turn, content)
             reply = "{% if loop.last %}" + reply + "{% else %}" + earlier + "{% endif %}"
         out.append("{% elif message['role'] == 'assistant' %}" + raise_if_pending + reply)
+        if self.tool is not None:
+            out.append("{% elif message['role'] == 'tool' %}" + raise_if_pending + _jinja(self.tool, content))
         out.append("{% endif %}{% endfor %}")
         if self.merge_system:
             out.append(raise_if_pending)
