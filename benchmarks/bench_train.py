@@ -170,6 +170,16 @@ def eval_loss(model, samples, device="cpu") -> float:
 
 
 # ---------------------------------------------------------------------------------------------- workers
+def run_result(seconds: float, samples: list, steps: int, model) -> dict:
+    return {
+        "seconds": seconds,
+        "samples": len(samples),
+        "tokens": sum(len(s.input_ids) for s in samples),
+        "steps": steps,
+        "eval_loss": eval_loss(model, samples),
+    }
+
+
 def worker_xtune(root: Path, method: str, spec: dict, precision: str) -> dict:
     from xtune.config.schema import validate_config
     from xtune.train.recipe import FinetuneRecipe
@@ -183,14 +193,7 @@ def worker_xtune(root: Path, method: str, spec: dict, precision: str) -> dict:
     recipe.setup()
     start = time.perf_counter()
     recipe.train()
-    elapsed = time.perf_counter() - start
-    return {
-        "seconds": elapsed,
-        "samples": len(samples),
-        "tokens": sum(len(s.input_ids) for s in samples),
-        "steps": recipe.total_steps,
-        "eval_loss": eval_loss(recipe.model, samples),
-    }
+    return run_result(time.perf_counter() - start, samples, recipe.total_steps, recipe.model)
 
 
 def worker_hf(root: Path, method: str, spec: dict, precision: str) -> dict:
@@ -246,14 +249,7 @@ def worker_hf(root: Path, method: str, spec: dict, precision: str) -> dict:
     )
     start = time.perf_counter()
     trainer.train()
-    elapsed = time.perf_counter() - start
-    return {
-        "seconds": elapsed,
-        "samples": len(samples),
-        "tokens": sum(len(s.input_ids) for s in samples),
-        "steps": trainer.state.global_step,
-        "eval_loss": eval_loss(model, samples),
-    }
+    return run_result(time.perf_counter() - start, samples, trainer.state.global_step, model)
 
 
 def run_worker(args: argparse.Namespace) -> None:

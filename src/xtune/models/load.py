@@ -102,11 +102,6 @@ def load_tokenizer(
     return tokenizer
 
 
-def load_model(settings: ModelSettings, device: torch.device | None = None, seed: int = 0) -> PreTrainedModel:
-    """The base model, with LoRA/QLoRA adapters attached when the method asks for them."""
-    return attach_adapters(load_base_model(settings, device, seed), settings)
-
-
 def quantization_kwargs(bits: int, device: torch.device, compute_dtype: torch.dtype) -> dict:
     """from_pretrained arguments for a bitsandbytes 4-bit (NF4, double quantisation: QLoRA's) or 8-bit base."""
     from transformers import BitsAndBytesConfig

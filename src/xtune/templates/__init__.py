@@ -12,8 +12,6 @@ from xtune.templates.catalog import TEMPLATES, get_template
 from xtune.templates.chat import ChatTemplate, Segment
 from xtune.templates.jinja import TokenizerTemplate
 
-AUTO_NAMES = ("auto", "tokenizer_chat_template")
-
 # config.json model_type -> the xtune template its chat models were trained with.
 FAMILY_TEMPLATES = {
     "internlm2": "internlm2_chat",
