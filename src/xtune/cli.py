@@ -203,6 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--greedy", action="store_true", help="deterministic decoding (temperature 0)")
     p.add_argument("--stop-words", nargs="+", default=[], help="extra stop words")
     p.add_argument("--prompt", action="append", help="answer this prompt and exit (repeat for several turns)")
+    p.add_argument(
+        "--tools",
+        "--with-plugins",
+        action="append",
+        metavar="NAMES",
+        help="tools the model may call, comma-separated: calculate, solve, search, or your own as "
+        "my_tools.py:my_function; default: the tools in the trained config's evaluation.tools",
+    )
+    p.add_argument("--search-docs", metavar="DIR", help="the folder of text files the search tool looks in (offline)")
+    p.add_argument("--max-tool-rounds", type=int, default=5, help="tool calls answered per question, at most")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=cmd_chat)

@@ -1,5 +1,5 @@
 """Chat tools: the calculator and solver admit only arithmetic (no eval), hostile input fails fast with a message,
-the registry turns every malformed call into an error result, and tool calls round-trip in each template's format."""
+the registry turns every malformed call into an error result."""
 
 import ast
 import json
@@ -15,22 +15,18 @@ import pytest
 
 from xtune.chat import tools
 from xtune.chat.tools import (
-    TOOL_CALL_STYLES,
     LocalDocumentSearch,
     Tool,
-    ToolCall,
     ToolRegistry,
     ToolResult,
     calculate,
     default_registry,
-    format_tool_call,
-    format_tool_result,
     load_tool,
-    parse_tool_calls,
     search,
     solve,
 )
 from xtune.errors import XtuneError
+from xtune.templates.tool_calls import ToolCall, parse_tool_calls
 
 FAST_S = 0.1
 NUMBER = re.compile(r"-?\d+(\.\d+)?(e[+-]\d+)?")
@@ -524,67 +520,6 @@ def test_load_tool_errors(tmp_path, target, message):
     path.write_text(USER_TOOL)
     with pytest.raises(XtuneError, match=re.escape(message)):
         load_tool(target.format(file=path, dir=tmp_path))
-
-
-CALLS = [
-    ToolCall("calculate", {"expression": "2 + 2"}),
-    ToolCall("search", {"query": '显存 "quoted" {braces}'}),
-    ToolCall("solve", {"equation": "x**2 = 4", "variable": "x"}),
-]
-
-
-@pytest.mark.parametrize("style", TOOL_CALL_STYLES)
-@pytest.mark.parametrize("call", CALLS, ids=[c.name for c in CALLS])
-def test_tool_calls_round_trip(style, call):
-    text = format_tool_call(call, style)
-    assert parse_tool_calls(text, style) == [call]
-    assert parse_tool_calls(f"Let me work it out.\n{text}", style) == ([] if style == "llama3" else [call])
-
-
-def test_tool_call_formats_match_the_official_ones():
-    call = ToolCall("calculate", {"expression": "2+2"})
-    body = '{"name": "calculate", "parameters": {"expression": "2+2"}}'
-    assert format_tool_call(call, "internlm2") == f"<|action_start|><|plugin|>\n{body}<|action_end|>"
-    assert format_tool_call(call, "llama3") == body
-    qwen = '<tool_call>\n{"name": "calculate", "arguments": {"expression": "2+2"}}\n</tool_call>'
-    assert format_tool_call(call, "qwen") == qwen
-    assert format_tool_call(call, "react") == 'Action: calculate\nAction Input: {"expression": "2+2"}'
-    assert format_tool_result("4", "qwen") == "<tool_response>\n4\n</tool_response>"
-    assert format_tool_result("4", "react") == "Observation: 4"
-    assert format_tool_result("4", "internlm2") == format_tool_result("4", "llama3") == "4"
-
-
-def test_parse_tool_calls_from_model_replies():
-    internlm2 = (
-        "Sure, I will compute it.<|action_start|><|plugin|>\n"
-        '{"name": "calculate", "parameters": {"expression": "6*7"}}<|action_end|><|im_end|>'
-    )
-    assert parse_tool_calls(internlm2, "internlm2") == [ToolCall("calculate", {"expression": "6*7"})]
-    # Generation stopped at the end marker, which the decoder dropped.
-    cut = '<|action_start|><|plugin|>\n{"name": "calculate", "parameters": {"expression": "1"}}'
-    assert parse_tool_calls(cut, "internlm2") == [ToolCall("calculate", {"expression": "1"})]
-    qwen = (
-        '<tool_call>\n{"name": "calculate", "arguments": {"expression": "1"}}\n</tool_call>\n'
-        '<tool_call>\n{"name": "search", "arguments": "{\\"query\\": \\"q\\"}"}\n</tool_call>'
-    )
-    assert parse_tool_calls(qwen, "qwen") == [
-        ToolCall("calculate", {"expression": "1"}),
-        ToolCall("search", {"query": "q"}),
-    ]
-    llama = '<|python_tag|>{"name": "solve", "parameters": {"equation": "x = 1"}}<|eom_id|>'
-    assert parse_tool_calls(llama, "llama3") == [ToolCall("solve", {"equation": "x = 1"})]
-    assert parse_tool_calls('{"answer": 42}', "llama3") == []  # JSON, but not a call
-    assert parse_tool_calls("{a, b} is a set.", "llama3") == []
-    react = (
-        'Thought: I need to multiply.\nAction: calculate\nAction Input: {\n  "expression": "6*7"\n}\n'
-        "Observation: 42\nThought: done\nFinal Answer: 42"
-    )
-    assert parse_tool_calls(react, "react") == [ToolCall("calculate", {"expression": "6*7"})]
-    for style in TOOL_CALL_STYLES:
-        assert parse_tool_calls("The answer is 42.", style) == []
-    assert parse_tool_calls("Thought: easy.\nFinal Answer: 42", "react") == []
-    with pytest.raises(ValueError, match="unknown tool call style"):
-        parse_tool_calls("", "chatml")
 
 
 @pytest.mark.parametrize(

@@ -88,3 +88,50 @@ def test_a_failed_run_caches_nothing(tmp_path, tiny_tokenizer):
         build_training_data(settings, tiny_tokenizer)
     leftovers = list(cache_dir.rglob("*")) if cache_dir.exists() else []
     assert not [p for p in leftovers if p.is_file()]
+
+
+def test_tool_use_records_load_through_arrow_unchanged(tmp_path, tiny_tokenizer):
+    """Records whose tool schemas and call arguments differ share one Arrow schema when loaded; the nulls it pads
+    them with must not reach the prompt, and only the replies and calls are trained."""
+
+    def tool(name, params):
+        properties = {p: {"type": "string"} for p in params}
+        return {
+            "type": "function",
+            "function": {"name": name, "parameters": {"type": "object", "properties": properties}},
+        }
+
+    def record(name, arguments, result, answer):
+        call = {"type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
+        return {
+            "tools": [tool(name, list(arguments))],
+            "messages": [
+                {"role": "user", "content": f"please {name}"},
+                {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "content": result},
+                {"role": "assistant", "content": answer},
+            ],
+        }
+
+    records = [
+        record("calculate", {"expression": "6*7"}, "42", "It is 42."),
+        record("solve", {"equation": "x=1", "variable": "x"}, "x = 1", "x is 1."),
+    ]
+    path = tmp_path / "tools.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    settings = DataSettings(
+        datasets=[DatasetSettings(path=str(path), format="openai")], template="qwen3", max_length=1024, cache=False
+    )
+    data = build_training_data(settings, tiny_tokenizer)
+    texts = sorted(tiny_tokenizer.decode(row.input_ids) for row in data.rows)
+    assert "null" not in "".join(texts)
+    assert '{"name": "calculate", "arguments": {"expression": "6*7"}}' in texts[0]
+    trained = [
+        tiny_tokenizer.decode([t for t, label in zip(r.input_ids, r.labels, strict=True) if label >= 0])
+        for r in data.rows
+    ]
+    assert any(
+        '<tool_call>\n{"name": "solve", "arguments": {"equation": "x=1", "variable": "x"}}\n</tool_call>' in t
+        for t in trained
+    )
+    assert not any("42" in t.replace("It is 42.", "") for t in trained)

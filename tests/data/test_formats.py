@@ -227,3 +227,121 @@ def test_unknown_format_lists_builtins():
     for name in MAP_FUNCTIONS:
         assert name in message
     assert "module:" in message and ".py:" in message  # and how to name your own
+
+
+# --- tool use ------------------------------------------------------------------------------------------------------
+
+CALCULATE = {
+    "type": "function",
+    "function": {
+        "name": "calculate",
+        "description": "Evaluate arithmetic.",
+        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]},
+    },
+}
+
+
+def test_openai_tool_calls_tool_results_and_tools():
+    record = {
+        "messages": [
+            {"role": "user", "content": "6 * 7?"},
+            {
+                "role": "assistant",
+                "content": None,  # as the OpenAI API writes it beside tool calls
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "calculate", "arguments": '{"expression": "6*7"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "42"},
+            {"role": "assistant", "content": "42"},
+        ],
+        "tools": [CALCULATE["function"]],  # a bare function schema is wrapped as OpenAI does
+    }
+    sample = get_map_fn("openai")(record)
+    call = {"type": "function", "function": {"name": "calculate", "arguments": {"expression": "6*7"}}}
+    assert sample["messages"][1] == {"role": "assistant", "content": "", "tool_calls": [call]}
+    assert sample["messages"][2] == {"role": "tool", "content": "42"}
+    assert sample["tools"] == [CALCULATE]
+
+
+def test_openai_drops_the_nulls_that_arrow_adds_to_tool_schemas():
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"properties": {"a": {"type": "string"}}}}}
+    padded = {
+        "type": "function",
+        "function": {"name": "f", "parameters": {"properties": {"a": {"type": "string"}, "b": None}}},
+    }
+    record = {
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+        "tools": [padded],
+    }
+    assert get_map_fn("openai")(record)["tools"] == [tool]
+
+
+@pytest.mark.parametrize(
+    ("tool_calls", "message"),
+    [
+        ("calculate", "must be a list"),
+        ([{"function": {"arguments": "{}"}}], r"tool_calls\[0\] needs a function name"),
+        ([{"function": {"name": "f", "arguments": "{oops"}}], "arguments is not valid JSON"),
+        ([{"function": {"name": "f", "arguments": "[1]"}}], "must be a JSON object"),
+    ],
+)
+def test_openai_bad_tool_calls_name_the_message(tool_calls, message):
+    record = {
+        "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": tool_calls}]
+    }
+    with pytest.raises(RecordError, match=message) as info:
+        get_map_fn("openai")(record)
+    assert info.value.key.startswith("messages[1].tool_calls")
+
+
+REACT_RESPONSE = (
+    "Thought: I need to multiply.\n"
+    'Action: calculate\nAction Input: {"expression": "6*7"}\n'
+    "Observation: 42\n"
+    "Thought: Now add one.\n"
+    'Action: calculate\nAction Input: {"expression": "42+1"}\n'
+    "Observation: 43\n"
+    "Thought: I know the answer.\nFinal Answer: 43"
+)
+
+
+def test_react_trajectory_becomes_calls_and_results():
+    sample = get_map_fn("react")({"question": "6*7+1?", "response": REACT_RESPONSE, "tools": [CALCULATE]})
+    roles = [m["role"] for m in sample["messages"]]
+    assert roles == ["user", "assistant", "tool", "assistant", "tool", "assistant"]
+    first = sample["messages"][1]
+    assert first["content"] == "Thought: I need to multiply."
+    assert first["tool_calls"][0]["function"] == {"name": "calculate", "arguments": {"expression": "6*7"}}
+    assert [m["content"] for m in sample["messages"] if m["role"] == "tool"] == ["42", "43"]
+    assert sample["messages"][-1]["content"] == "Thought: I know the answer.\nFinal Answer: 43"
+    assert sample["tools"] == [CALCULATE]
+
+
+def test_react_renders_back_to_the_trajectory_with_observations_untrained():
+    from xtune.templates import TEMPLATES
+
+    sample = get_map_fn("react")({"question": "6*7+1?", "response": REACT_RESPONSE})
+    segments = TEMPLATES["default"].render(sample["messages"])
+    text = "".join(s.text for s in segments)
+    assert REACT_RESPONSE in text
+    trained = "".join(s.text for s in segments if s.trained)
+    assert "Observation" not in trained and "42\n" not in trained.replace("42+1", "")
+    assert 'Action Input: {"expression": "42+1"}' in trained and "Final Answer: 43" in trained
+
+
+@pytest.mark.parametrize(
+    ("response", "message"),
+    [
+        ("Thought: hm\nObservation: 1\nFinal Answer: 1", "no Action before Observation"),
+        ('Action: calculate\nAction Input: {"expression": "1"}\nObservation: 1\nThought: done', "must end with"),
+    ],
+)
+def test_react_malformed_trajectories_name_the_problem(response, message):
+    with pytest.raises(RecordError, match=message) as info:
+        get_map_fn("react")({"question": "q", "response": response})
+    assert info.value.key == "response"

@@ -13,9 +13,16 @@ from xtune.train.loss import causal_lm, loss_sum
 
 def tiny_llama(attn: str = "sdpa") -> LlamaForCausalLM:
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=97, max_position_embeddings=128,
-                         attn_implementation=attn)
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=97,
+        max_position_embeddings=128,
+        attn_implementation=attn,
+    )
     return LlamaForCausalLM(config)
 
 
@@ -24,7 +31,7 @@ def random_samples(lengths: list[int]) -> list[EncodedSample]:
     samples = []
     for n in lengths:
         ids = torch.randint(0, 97, (n,), generator=generator).tolist()
-        labels = [IGNORE_INDEX] * (n // 3) + ids[n // 3:]  # a prompt part, then a trained part
+        labels = [IGNORE_INDEX] * (n // 3) + ids[n // 3 :]  # a prompt part, then a trained part
         labels[0] = IGNORE_INDEX
         samples.append(EncodedSample(ids, labels))
     return samples
@@ -32,8 +39,9 @@ def random_samples(lengths: list[int]) -> list[EncodedSample]:
 
 def hidden_logits(model, batch):
     lm = causal_lm(model)
-    hidden = lm.get_decoder()(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                              use_cache=False).last_hidden_state
+    hidden = lm.get_decoder()(
+        input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+    ).last_hidden_state
     return lm.get_output_embeddings()(hidden)
 
 

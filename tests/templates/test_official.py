@@ -15,7 +15,7 @@ Deliberate deviations, asserted below rather than hidden:
   conversation renders its final reply after an empty think block and earlier replies without, as the official one.
 - reply_prefix (llama2_chat, mistral, mixtral, deepseek_v2, chatglm3, vicuna): the text the model writes between
   the header and its reply (a space; chatglm3's "\\n ") is trained with the reply, as it starts the reply's first token.
-Edge cases not covered (contents with surrounding whitespace, several system messages, tool calls): xtune trims
+Edge cases not covered (contents with surrounding whitespace, several system messages): xtune trims
 each message separately and renders system messages in place.
 """
 
@@ -315,38 +315,85 @@ def test_trained_tokens_are_the_replies_and_their_end_of_turn(name):
     assert [tokenizer.decode(run) for run in runs] == expected
 
 
-TOOL_CONVERSATION = [
+TOOL_RESULTS = [  # results only, no calls: Qwen2 and Llama 3's official templates know no tool calls
     {"role": "user", "content": "What is 12 * 7?"},
     {"role": "assistant", "content": "Let me calculate."},
     {"role": "tool", "content": "84"},
     {"role": "assistant", "content": "12 * 7 = 84."},
 ]
-TOOL_TEMPLATES = sorted(name for name, template in TEMPLATES.items() if template.tool is not None)
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "calculate",
+            "description": "Evaluate an arithmetic expression.",
+            "parameters": {
+                "type": "object",
+                "properties": {"expression": {"type": "string"}},
+                "required": ["expression"],
+            },
+        },
+    }
+]
+CALL = {"type": "function", "function": {"name": "calculate", "arguments": {"expression": "12 * 7"}}}
+TOOL_USE = [
+    SYSTEM,
+    {"role": "user", "content": "What is 12 * 7?"},
+    {"role": "assistant", "content": "Let me calculate.", "tool_calls": [CALL]},
+    {"role": "tool", "content": "84"},
+    {"role": "assistant", "content": "12 * 7 = 84."},
+]
 
 
-@pytest.mark.parametrize("name", [n for n in TOOL_TEMPLATES if n in ("qwen_chat", "qwen3", "llama3_chat")])
+@pytest.mark.parametrize("name", ["qwen_chat", "llama3_chat"])
 def test_tool_results_render_as_the_official_template(name):
-    """Qwen2 and Llama 3 render any role generically; Qwen3 wraps results in <tool_response> in a user turn."""
+    """Qwen2 and Llama 3 render any role generically."""
     tokenizer = tokenizer_for(name)
-    kwargs = {"enable_thinking": False} if name == "qwen3" else {}
     for generation_prompt in (False, True):
-        conversation = TOOL_CONVERSATION if not generation_prompt else TOOL_CONVERSATION[:3]
-        official = apply(tokenizer, OFFICIAL[name]["jinja"], conversation, generation_prompt, **kwargs)
+        conversation = TOOL_RESULTS if not generation_prompt else TOOL_RESULTS[:3]
+        official = apply(tokenizer, OFFICIAL[name]["jinja"], conversation, generation_prompt)
         assert xtune_text(name, conversation, generation_prompt) == official
 
 
-@pytest.mark.parametrize("name", TOOL_TEMPLATES)
-def test_tool_results_are_never_trained_and_export_to_jinja(name):
-    tokenizer = tokenizer_for(name)
-    template = TEMPLATES[name]
+@pytest.mark.parametrize("with_system", [True, False])
+def test_qwen3_tools_calls_and_results_render_as_the_official_template(with_system):
+    """The # Tools system block, <tool_call> JSON after the reply text, results in <tool_response> user turns."""
+    tokenizer, template = tokenizer_for("qwen3"), TEMPLATES["qwen3"]
+    conversation = TOOL_USE if with_system else TOOL_USE[1:]
+    for messages, generation_prompt in ((conversation, False), (conversation[:-1], True)):
+        official = apply(
+            tokenizer, OFFICIAL["qwen3"]["jinja"], messages, generation_prompt, enable_thinking=False, tools=TOOLS
+        )
+        ours = template.render_text(messages, generation_prompt, eos=tokenizer.eos_token, tools=TOOLS)
+        assert ours == official
+        assert ids(tokenizer, ours) == ids(tokenizer, official)
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+def test_tool_use_trains_only_the_replies_and_calls_and_exports_to_jinja(name):
+    tokenizer, template = tokenizer_for(name), TEMPLATES[name]
     bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
-    assert apply(tokenizer, template.to_jinja(), TOOL_CONVERSATION, False) == xtune_text(name, TOOL_CONVERSATION, False)
-    sample = encode_batch([template.render(TOOL_CONVERSATION, bos=bos, eos=eos)], tokenizer, 4096)[0]
+    for tools in (TOOLS, None):
+        exported = apply(tokenizer, template.to_jinja(), TOOL_USE, False, tools=tools)
+        assert exported == template.render_text(TOOL_USE, bos=bos, eos=eos, tools=tools)
+        prompt = apply(tokenizer, template.to_jinja(), TOOL_USE[:-1], True, tools=tools)
+        assert prompt == template.render_text(TOOL_USE[:-1], True, bos=bos, eos=eos, tools=tools)
+    segments = template.render(TOOL_USE, bos=bos, eos=eos, tools=TOOLS)
+    sample = encode_batch([segments], tokenizer, 4096)[0]
     trained = tokenizer.decode([t for t, label in zip(sample.input_ids, sample.labels, strict=True) if label >= 0])
-    assert "84" not in trained.replace("12 * 7 = 84.", "")
     assert "Let me calculate." in trained and "12 * 7 = 84." in trained
+    assert '"12 * 7"' in trained  # the call's arguments
+    assert "84" not in trained.replace("12 * 7 = 84.", "")  # the result is the tool's, not the model's
+    assert "Evaluate an arithmetic expression" not in trained  # nor is the tool list
 
 
-def test_a_template_without_a_tool_format_refuses_tool_results():
-    with pytest.raises(ValueError, match="no rendering for role 'tool'"):
-        TEMPLATES["mistral"].render(TOOL_CONVERSATION)
+def test_react_is_the_tool_format_of_models_without_one():
+    text = TEMPLATES["mistral"].render_text(TOOL_USE[1:], tools=TOOLS, bos="<s>", eos="</s>")
+    assert "[INST] You can use these tools:\ncalculate: Evaluate an arithmetic expression. {" in text
+    assert text.endswith(
+        '[/INST] Let me calculate.\nAction: calculate\nAction Input: {"expression": "12 * 7"}\n'
+        "Observation: 84\n12 * 7 = 84.</s>"
+    )
+    # After an Observation the model continues its own turn: no new header in the generation prompt.
+    prompt = TEMPLATES["mistral"].render_text(TOOL_USE[1:4], True, tools=TOOLS, bos="<s>", eos="</s>")
+    assert prompt.endswith("Observation: 84\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import torch
@@ -10,8 +11,10 @@ import yaml
 
 from xtune.chat.generate import GenerationSettings
 from xtune.chat.session import ChatSession
+from xtune.chat.tools import ToolResult, build_registry
 from xtune.models.load import load_for_inference
 from xtune.templates import resolve_template
+from xtune.templates.tool_calls import ToolCall
 from xtune.train.recipe import CONFIG_FILE
 
 HELP = "Type a message. RESET clears the history, EXIT quits."
@@ -32,16 +35,32 @@ def run_chat(args: argparse.Namespace) -> None:
         top_p=args.top_p,
         stop_words=list(args.stop_words),
     )
-    session = ChatSession(model, tokenizer, template, settings, system=system)
+    evaluation = trained.get("evaluation") or {}
+    names = [n.strip() for arg in args.tools or [] for n in arg.split(",") if n.strip()]
+    names = names or evaluation.get("tools") or []
+    tools = build_registry(names, args.search_docs or evaluation.get("search_docs")) if names else None
+    session = ChatSession(
+        model, tokenizer, template, settings, system=system, tools=tools, max_tool_rounds=args.max_tool_rounds
+    )
 
     def stream(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
+    def show_tool(call: ToolCall, result: ToolResult) -> None:
+        arguments = (
+            call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments, ensure_ascii=False)
+        )
+        sys.stdout.write(f"\n[tool] {call.name}({arguments}) -> {result.text}\n")
+        sys.stdout.flush()
+
+    def ask(prompt: str) -> None:
+        session.ask(prompt, on_text=stream, on_tool=show_tool)
+        sys.stdout.write("\n")
+
     if args.prompt:
         for prompt in args.prompt:
-            session.ask(prompt, on_text=stream)
-            sys.stdout.write("\n")
+            ask(prompt)
         return
     print(HELP, file=sys.stderr)
     while True:
@@ -57,5 +76,4 @@ def run_chat(args: argparse.Namespace) -> None:
             print("(history cleared)", file=sys.stderr)
             continue
         if prompt.strip():
-            session.ask(prompt, on_text=stream)
-            sys.stdout.write("\n")
+            ask(prompt)

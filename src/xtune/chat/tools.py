@@ -1,5 +1,5 @@
-"""Tools the chat model can call: a registry that checks arguments, the built-in calculate / solve / search, and
-parsing and formatting of tool calls in each template family's format.
+"""Tools the chat model can call: a registry that checks arguments, and the built-in calculate / solve / search.
+How a call is written in each model family's format lives with the templates (xtune.templates.tool_calls).
 
 Nothing here evals or execs what the model writes. XTuner's Calculate plugin ran Python `eval` on model output, and a
 model (or a prompt injected into its context by a document it read) can write `__import__('os').system(...)` as easily
@@ -41,12 +41,6 @@ class ToolError(Exception):
 class ToolResult:
     ok: bool
     text: str
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    name: str
-    arguments: dict | str  # a str is text that is not a JSON object; the registry answers it with an error result
 
 
 _TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")  # what OpenAI-style function names allow
@@ -1019,106 +1013,18 @@ def default_registry(search_docs: str | None = None, *, search_provider: SearchP
     return registry
 
 
-# --- tool calls in each template family's format -------------------------------------------------------------------
-
-TOOL_CALL_STYLES = ("internlm2", "qwen", "llama3", "react")
-
-_INTERNLM2_CALL = re.compile(r"<\|action_start\|>\s*<\|plugin\|>(.*?)(?:<\|action_end\|>|\Z)", re.DOTALL)
-_QWEN_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
-_REACT_CALL = re.compile(
-    r"^[ \t]*Action:[ \t]*(.*?)[ \t]*\n[ \t]*Action Input:[ \t]*(.*?)"
-    r"(?=\n[ \t]*(?:Observation|Thought|Action|Final Answer):|\Z)",
-    re.DOTALL | re.MULTILINE,
-)
-_NAME_IN_JSON = re.compile(r'"name"\s*:\s*"([^"\\]*)"')
-
-
-def _check_style(style: str) -> None:
-    if style not in TOOL_CALL_STYLES:
-        raise ValueError(f"unknown tool call style {style!r}; choose from {', '.join(TOOL_CALL_STYLES)}")
-
-
-def _call_from_json(body: str, argument_keys: tuple[str, ...]) -> ToolCall | None:
-    """{"name": ..., "parameters"/"arguments": {...}} as a ToolCall; bad JSON keeps the raw text as arguments, so the
-    registry answers with an error the model can read. None: JSON that is not a tool call."""
-    body = body.strip()
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        name = _NAME_IN_JSON.search(body)
-        return ToolCall(name.group(1) if name else "", body)
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-        return None
-    arguments = next((data[key] for key in argument_keys if key in data), {})
-    if isinstance(arguments, str):  # some models send the arguments as a JSON string, as the OpenAI API does
-        try:
-            decoded = json.loads(arguments)
-        except (ValueError, RecursionError):
-            return ToolCall(data["name"], arguments)
-        arguments = decoded
-    if not isinstance(arguments, dict):
-        return ToolCall(data["name"], json.dumps(arguments))
-    return ToolCall(data["name"], arguments)
-
-
-def parse_tool_calls(text: str, style: str) -> list[ToolCall]:
-    """The tool calls in a model reply, in order; [] for a plain answer (and for ReAct's `Final Answer:`)."""
-    _check_style(style)
-    if style == "internlm2":
-        bodies = _INTERNLM2_CALL.findall(text)
-        calls = [_call_from_json(body, ("parameters", "arguments")) for body in bodies]
-        return [c or ToolCall("", body.strip()) for c, body in zip(calls, bodies, strict=True)]
-    if style == "qwen":
-        bodies = _QWEN_CALL.findall(text)
-        calls = [_call_from_json(body, ("arguments", "parameters")) for body in bodies]
-        return [c or ToolCall("", body.strip()) for c, body in zip(calls, bodies, strict=True)]
-    if style == "llama3":
-        # Llama 3.1's JSON tool call is the whole message; <|python_tag|> marks built-in tools' calls.
-        body = text.strip().removeprefix("<|python_tag|>").strip()
-        for end in ("<|eom_id|>", "<|eot_id|>"):
-            body = body.removesuffix(end).strip()
-        if not body.startswith("{"):
-            return []
-        call = _call_from_json(body, ("parameters", "arguments"))
-        if call is None or (not call.name and isinstance(call.arguments, str)):
-            return []  # a reply that merely starts with "{"; without markers only a named call counts
-        return [call]
-    calls = []
-    for name, body in _REACT_CALL.findall(text):
-        body = body.strip()
-        try:
-            arguments = json.loads(body)
-        except (ValueError, RecursionError):
-            arguments = body
-        calls.append(ToolCall(name, arguments if isinstance(arguments, dict) else body))
-    return calls
-
-
-def _arguments_json(arguments: dict | str) -> str:
-    # A raw string is what the model wrote; it goes back verbatim so the history shows its own call.
-    return arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
-
-
-def format_tool_call(call: ToolCall, style: str) -> str:
-    """The text of a call as the model writes it (to put a call in a training sample or the chat history)."""
-    _check_style(style)
-    name = json.dumps(call.name, ensure_ascii=False)
-    if style == "internlm2":
-        body = f'{{"name": {name}, "parameters": {_arguments_json(call.arguments)}}}'
-        return f"<|action_start|><|plugin|>\n{body}<|action_end|>"
-    if style == "qwen":
-        return f'<tool_call>\n{{"name": {name}, "arguments": {_arguments_json(call.arguments)}}}\n</tool_call>'
-    if style == "llama3":
-        return f'{{"name": {name}, "parameters": {_arguments_json(call.arguments)}}}'
-    return f"Action: {call.name}\nAction Input: {_arguments_json(call.arguments)}"
-
-
-def format_tool_result(text: str, style: str) -> str:
-    """A result as the template family shows it. The role carrying it differs: InternLM2 an `environment` message
-    named <|plugin|>, Qwen2.5 a user message, Llama 3.1 an `ipython` message, ReAct the assistant's own text."""
-    _check_style(style)
-    if style == "qwen":
-        return f"<tool_response>\n{text}\n</tool_response>"
-    if style == "react":
-        return f"Observation: {text}"
-    return text
+def build_registry(names: Sequence[str], search_docs: str | None = None) -> ToolRegistry:
+    """The tools a chat offers: built-in ones by name, the user's own as 'module:function' or 'file.py:function'."""
+    builtin = default_registry(search_docs)
+    registry = ToolRegistry()
+    for name in names:
+        if ":" in name:
+            registry.register(load_tool(name))
+        elif name in builtin:
+            registry.register(builtin.get(name))
+        else:
+            raise XtuneError(
+                f"unknown tool {name!r}; built-in tools: {', '.join(t.name for t in builtin.list())}, or your own "
+                "as 'my_tools.py:my_function' (a typed function with a docstring)"
+            )
+    return registry

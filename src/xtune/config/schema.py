@@ -101,6 +101,10 @@ class EvaluationSettings(_Section):
     freq: int = Field(500, gt=0)
     system: str | None = None
     max_new_tokens: int = Field(64, gt=0)
+    # Tools the model may call while answering `inputs` here and in `xtune chat` (built-in names, or your own as
+    # 'my_tools.py:my_function'); `search_docs` is the folder the search tool reads.
+    tools: list[str] = []
+    search_docs: str | None = None
 
 
 class Config(_Section):

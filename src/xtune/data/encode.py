@@ -37,7 +37,7 @@ def sample_segments(
     messages = sample["messages"]
     if system is not None and (not messages or messages[0]["role"] != "system"):
         messages = [{"role": "system", "content": system}, *messages]
-    return template.render(messages, bos=bos, eos=eos)
+    return template.render(messages, bos=bos, eos=eos, tools=sample.get("tools"))
 
 
 def adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:

@@ -7,12 +7,14 @@ A map function raises `RecordError` naming the key it could not use; the loader 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from xtune.errors import ConfigError
+from xtune.templates.tool_calls import ToolCall, split_reply
 from xtune.user_code import load_function
 
 Sample = dict[str, Any]
@@ -105,7 +107,8 @@ def _drop_leading_assistant(messages: list[dict]) -> list[dict]:
 
 
 def openai(record: dict) -> Sample:
-    """{"messages": [{"role", "content", "loss"?}]} as in OpenAI fine-tuning files and the course's data."""
+    """{"messages": [{"role", "content", "loss"?, "tool_calls"?}], "tools"?} as in OpenAI fine-tuning files: assistant
+    tool calls, `tool` results and the tool list render in the template's own tool format."""
     messages = record.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RecordError("missing key 'messages' (a non-empty list of {role, content})", "messages")
@@ -118,14 +121,95 @@ def openai(record: dict) -> Sample:
             raise RecordError(
                 f"messages[{i}].role is {role!r}; expected one of {', '.join(ROLES)}", f"messages[{i}].role"
             )
-        content = _text(message, "content") if "content" in message else None
-        if content is None:
+        calls = _tool_calls(message.get("tool_calls"), f"messages[{i}].tool_calls") if role == "assistant" else []
+        if calls and message.get("content") is None:  # OpenAI writes "content": null beside tool calls
+            content = ""
+        elif "content" in message:
+            content = _text(message, "content")
+        else:
             raise RecordError(f"messages[{i}] is missing key 'content'", f"messages[{i}].content")
-        converted = {"role": role, "content": content}
+        converted: dict[str, Any] = {"role": role, "content": content}
+        if calls:
+            converted["tool_calls"] = calls
         if message.get("loss") is not None:
             converted["loss"] = bool(message["loss"])
         out.append(converted)
-    return {"messages": _drop_leading_assistant(out)}
+    return _with_tools({"messages": _drop_leading_assistant(out)}, record)
+
+
+def _without_nulls(value: Any) -> Any:
+    """`datasets` loads JSON into one Arrow schema: an object key that only some records have becomes null in all
+    the others (a tool's parameters, a call's arguments). Those nulls were never written; drop them."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def _tool_calls(raw: Any, key: str) -> list[dict]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise RecordError(f"{key} must be a list of {{type, function: {{name, arguments}}}}", key)
+    calls = []
+    for j, call in enumerate(raw):
+        function = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise RecordError(f"{key}[{j}] needs a function name: {{function: {{name, arguments}}}}", f"{key}[{j}]")
+        arguments = function.get("arguments") or {}
+        if isinstance(arguments, str):  # the OpenAI API sends arguments as a JSON string
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError as e:
+                raise RecordError(f"{key}[{j}].function.arguments is not valid JSON: {e.msg}", key) from None
+        if not isinstance(arguments, dict):
+            raise RecordError(f"{key}[{j}].function.arguments must be a JSON object", key)
+        calls.append(ToolCall(function["name"], _without_nulls(arguments)).to_message())
+    return calls
+
+
+def _with_tools(sample: Sample, record: dict) -> Sample:
+    tools = record.get("tools")
+    if tools is None:
+        return sample
+    if not isinstance(tools, list) or not all(isinstance(t, dict) and "name" in t.get("function", t) for t in tools):
+        raise RecordError("key 'tools' must be a list of {type: function, function: {name, description, parameters}}")
+    tools = [_without_nulls(t if "function" in t else {"type": "function", "function": t}) for t in tools]
+    return {**sample, "tools": tools}
+
+
+# An Observation runs until the model's next step starts.
+_OBSERVATION = re.compile(r"^[ \t]*Observation:[ \t]?(.*?)\n(?=[ \t]*(?:Thought|Action|Final Answer):)", re.S | re.M)
+
+
+def react(record: dict) -> Sample:
+    """{"question", "response", "system"?, "tools"?}: a ReAct trajectory (Thought / Action / Action Input /
+    Observation ... Final Answer, as in MS-Agent) as tool calls and results, so the steps are trained and the
+    Observations, which the tools wrote, are not."""
+    response = _text(record, "response")
+    messages: list[dict] = []
+    system = _text(record, "system", required=False)
+    if system:
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": _text(record, "question")})
+    position = 0
+    for observation in _OBSERVATION.finditer(response):
+        step = response[position : observation.start()].rstrip("\n")
+        content, calls = split_reply(step, "react")
+        if len(calls) != 1:
+            found = "no Action" if not calls else f"{len(calls)} Actions"
+            raise RecordError(
+                f"key 'response': {found} before Observation {observation.group(0).strip()!r}", "response"
+            )
+        messages.append({"role": "assistant", "content": content, "tool_calls": [calls[0].to_message()]})
+        messages.append({"role": "tool", "content": observation.group(1).strip()})
+        position = observation.end()
+    final = response[position:].strip()
+    if "Final Answer:" not in final:
+        raise RecordError("key 'response' must end with 'Final Answer: ...' after the last Observation", "response")
+    messages.append({"role": "assistant", "content": final})
+    return _with_tools({"messages": messages}, record)
 
 
 _GUANACO_TURN = re.compile(r"### (Human|Assistant):")
@@ -157,6 +241,7 @@ MAP_FUNCTIONS: dict[str, MapFn] = {
     "oasst1": oasst1,
     "prompt_response": prompt_response,
     "pretrain": pretrain,
+    "react": react,
 }
 
 EXAMPLES: dict[str, dict] = {
@@ -167,6 +252,11 @@ EXAMPLES: dict[str, dict] = {
     "oasst1": {"text": "### Human: Hi### Assistant: Hello!"},
     "prompt_response": {"prompt": "Hi", "response": "Hello!"},
     "pretrain": {"text": "Any document, trained on every token."},
+    "react": {
+        "question": "What is 6 * 7?",
+        "response": 'Thought: multiply\nAction: calculate\nAction Input: {"expression": "6 * 7"}\nObservation: 42\n'
+        "Final Answer: 42",
+    },
 }
 
 

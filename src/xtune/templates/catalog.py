@@ -79,7 +79,9 @@ TEMPLATES: dict[str, ChatTemplate] = {
         ChatTemplate(
             name="internlm2_chat",
             prefix="{bos}",
+            tool_style="internlm2",
             tool="<|im_start|>environment name=<|plugin|>\n{content}<|im_end|>\n",
+            tools_message="<|im_start|>system name=<|plugin|>\n{content}<|im_end|>\n",
             **_CHATML,
         ),
         # --- Qwen -------------------------------------------------------------------------------------------------
@@ -87,6 +89,7 @@ TEMPLATES: dict[str, ChatTemplate] = {
         ChatTemplate(
             name="qwen_chat",
             default_system="You are a helpful assistant.",
+            tool_style="qwen",  # Qwen2 has no tool format of its own; Qwen2.5's, which Qwen2-based models learn
             tool="<|im_start|>tool\n{content}<|im_end|>\n",  # the official template renders any role this way
             **{**_CHATML, "stop_words": ("<|im_end|>", "<|endoftext|>")},
         ),
@@ -102,6 +105,7 @@ TEMPLATES: dict[str, ChatTemplate] = {
                 "assistant_prefix": "<|im_start|>assistant\n<think>\n\n</think>\n\n",
                 "history_assistant_prefix": "<|im_start|>assistant\n",
                 "stop_words": ("<|im_end|>", "<|endoftext|>"),
+                "tool_style": "qwen",
                 "tool": "<|im_start|>user\n<tool_response>\n{content}\n</tool_response><|im_end|>\n",
             },
         ),
@@ -129,6 +133,7 @@ TEMPLATES: dict[str, ChatTemplate] = {
             assistant_suffix="<|eot_id|>",
             strip_content=True,
             stop_words=("<|eot_id|>", "<|end_of_text|>"),
+            tool_style="llama3",  # Llama 3.1's JSON calls
             tool="<|start_header_id|>tool<|end_header_id|>\n\n{content}<|eot_id|>",  # generic roles, as official
         ),
         # mistralai/Mistral-7B-Instruct-v0.1 / v0.2 tokenizer_config.json chat_template.

@@ -9,7 +9,18 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-Message = dict  # {"role": "system"|"user"|"assistant", "content": str, "loss": bool (optional)}
+from xtune.templates.tool_calls import (
+    ToolCall,
+    jinja_reply_with_calls,
+    jinja_system_with_tools,
+    jinja_tools_text,
+    reply_with_calls,
+    system_with_tools,
+    tools_text,
+)
+
+# {"role": "system"|"user"|"assistant"|"tool", "content": str, "loss": bool (optional), "tool_calls": (assistant)}
+Message = dict
 
 _MERGE_ERROR = "this template puts the system prompt inside the first user message; a user message must follow it"
 
@@ -42,9 +53,13 @@ class ChatTemplate:
     default_system: str | None = None  # used when a conversation has no system message, as the official template
     strip_content: bool = False  # the official template trims message contents (Llama 3)
     stop_words: tuple[str, ...] = ()
-    # A tool result message ({"role": "tool"}), as the model's own format writes it; never trained. None: the
-    # template has no tool format and a conversation with tool results is refused.
+    # How tools, calls and results are written (see tool_calls.py); "react" for models without a tool format.
+    tool_style: str = "react"
+    # A tool result message ({"role": "tool"}) in the model's own format; never trained. Unused by "react", whose
+    # results are "Observation:" lines inside the assistant's turn.
     tool: str | None = None
+    # The tool list as a message of its own after the system prompt (InternLM2); None: inside the system prompt.
+    tools_message: str | None = None
     # Text the model writes itself between the header and its reply: the space in "[/INST] Hi" (Llama 2, Mistral)
     # or "Assistant: Hi" (DeepSeek V2), whose official generation prompt ends before it. Trained with the reply:
     # tokenizers merge it into the reply's first token ("▁Hi", "ĠHi"), which must stay a trained label.
@@ -63,14 +78,25 @@ class ChatTemplate:
         add_generation_prompt: bool = False,
         bos: str = "",
         eos: str = "",
+        tools: Sequence[dict] | None = None,
     ) -> list[Segment]:
-        """Turn a conversation into text segments; assistant content and its end-of-turn marker are trained
-        unless the message says `loss: false`."""
+        """Turn a conversation into text segments; assistant content (with its tool calls) and its end-of-turn
+        marker are trained unless the message says `loss: false`. Tool lists and results never are."""
         fill = _Filler(bos, eos)
         segments = [Segment(fill(self.prefix), False)]
         messages = list(messages)
         if self.default_system is not None and (not messages or messages[0]["role"] != "system"):
             messages.insert(0, {"role": "system", "content": self.default_system})
+        tools_segment = listing = None  # the tool list: a message of its own, or inside the system prompt
+        if tools:
+            listing = tools_text(list(tools), self.tool_style)
+            if self.tools_message is not None:
+                tools_segment, listing = Segment(fill(self.tools_message, listing), False), None
+                if not messages or messages[0]["role"] != "system":
+                    segments.append(tools_segment)
+            elif not messages or messages[0]["role"] != "system":
+                messages.insert(0, {"role": "system", "content": ""})
+        react = self.tool_style == "react"
         pending_system = ""  # merge_system: system text waiting for the next user message
         for index, message in enumerate(messages):
             role, content = message["role"], message["content"]
@@ -79,21 +105,33 @@ class ChatTemplate:
             if pending_system and role != "user":
                 raise ValueError(f"template {self.name!r}: {_MERGE_ERROR}")
             if role == "system":
+                if index == 0 and listing is not None:
+                    content = system_with_tools(content, listing, self.tool_style)
                 if self.merge_system:
                     pending_system += fill(self.system, content)
                 else:
                     segments.append(Segment(fill(self.system, content), False))
+                if index == 0 and tools_segment is not None:
+                    segments.append(tools_segment)
             elif role == "user":
                 segments.append(Segment(fill(self.user, pending_system + content), False))
                 pending_system = ""
             elif role == "assistant":
                 trained = message.get("loss") is not False
-                header = self.assistant_prefix
-                if self.history_assistant_prefix is not None and index < len(messages) - 1:
+                calls = [ToolCall.from_message(c) for c in message.get("tool_calls") or ()]
+                # ReAct: a reply after an Observation continues the same turn, and a call leaves the turn open
+                continues = react and index > 0 and messages[index - 1]["role"] == "tool"
+                header = "" if continues else self.assistant_prefix
+                if self.history_assistant_prefix is not None and index < len(messages) - 1 and not continues:
                     header = self.history_assistant_prefix
+                end = ("", "") if react and calls else (self.assistant_suffix, self.turn_separator)
+                lead = "" if continues else fill(self.reply_prefix)
+                reply = lead + reply_with_calls(content, calls, self.tool_style)
                 segments.append(Segment(fill(header), False))
-                segments.append(Segment(fill(self.reply_prefix) + content + fill(self.assistant_suffix), trained))
-                segments.append(Segment(fill(self.turn_separator), False))
+                segments.append(Segment(reply + fill(end[0]), trained))
+                segments.append(Segment(fill(end[1]), False))
+            elif role == "tool" and react:
+                segments.append(Segment(f"Observation: {content}\n", False))
             elif role == "tool" and self.tool is not None:
                 segments.append(Segment(fill(self.tool, content), False))
             else:
@@ -101,15 +139,21 @@ class ChatTemplate:
         if pending_system:
             raise ValueError(f"template {self.name!r}: {_MERGE_ERROR}")
         if add_generation_prompt:
-            segments.append(Segment(fill(self.assistant_prefix), False))
+            if not (react and messages and messages[-1]["role"] == "tool"):
+                segments.append(Segment(fill(self.assistant_prefix), False))
         else:
             segments.append(Segment(fill(self.suffix), False))
         return [s for s in segments if s.text]
 
     def render_text(
-        self, messages: Sequence[Message], add_generation_prompt: bool = False, bos: str = "", eos: str = ""
+        self,
+        messages: Sequence[Message],
+        add_generation_prompt: bool = False,
+        bos: str = "",
+        eos: str = "",
+        tools: Sequence[dict] | None = None,
     ) -> str:
-        return "".join(s.text for s in self.render(messages, add_generation_prompt, bos, eos))
+        return "".join(s.text for s in self.render(messages, add_generation_prompt, bos, eos, tools))
 
     def stop_words_for(self, eos: str | None) -> list[str]:
         words = [_Filler("", eos or "")(w) for w in self.stop_words]
@@ -118,43 +162,69 @@ class ChatTemplate:
         return [w for w in words if w]
 
     def to_jinja(self) -> str:
-        """The same template as a Hugging Face `chat_template`, so exported tokenizers format chats exactly
-        as xtune trained them."""
+        """The same template as a Hugging Face `chat_template` (tools, calls and results included), so exported
+        tokenizers format chats exactly as xtune trained them."""
         content = "(message['content'] | trim)" if self.strip_content else "message['content']"
-        out = [_jinja(self.prefix)]
+        react, own_message = self.tool_style == "react", self.tools_message is not None
+        out = [_jinja(self.prefix), "{% if tools %}" + jinja_tools_text(self.tool_style) + "{% endif %}"]
         if self.merge_system:
             out.append("{% set ns = namespace(system='') %}")
-        if self.default_system is not None:
-            default = json.dumps(self.default_system)
+
+        def emit_system(expr: str) -> str:
             if self.merge_system:
-                default = "{% set ns.system = " + _expr(self.system, default) + " %}"
-            else:
-                default = _jinja(self.system, default)
-            out.append("{% if not messages or messages[0]['role'] != 'system' %}" + default + "{% endif %}")
-        out.append("{% for message in messages %}")
+                return "{% set ns.system = ns.system + " + _expr(self.system, expr) + " %}"
+            return _jinja(self.system, expr)
+
+        def with_tools(expr: str) -> str:  # the system text with the tool list in it, when the list goes there
+            return expr if own_message else f"({jinja_system_with_tools(self.tool_style, expr)} if tools else {expr})"
+
+        tools_message = (
+            "{% if tools %}" + _jinja(self.tools_message, "tools_text") + "{% endif %}" if own_message else ""
+        )
+        no_system = "{% if not messages or messages[0]['role'] != 'system' %}"
+        if self.default_system is not None:
+            out.append(no_system + emit_system(with_tools(json.dumps(self.default_system))) + tools_message)
+        elif own_message:
+            out.append(no_system + tools_message)
+        else:
+            out.append(no_system + "{% if tools %}" + emit_system(with_tools("''")) + "{% endif %}")
+        out.append("{% endif %}{% for message in messages %}")
+        system_content = f"({with_tools(content)} if loop.first else {content})"
+        first_tools_message = "{% if loop.first %}" + tools_message + "{% endif %}" if own_message else ""
         if self.merge_system:
             raise_if_pending = "{% if ns.system %}{{ raise_exception(" + json.dumps(_MERGE_ERROR) + ") }}{% endif %}"
-            merge = f"{{% set ns.system = ns.system + {_expr(self.system, content)} %}}"
-            out.append("{% if message['role'] == 'system' %}" + raise_if_pending + merge)
+            out.append("{% if message['role'] == 'system' %}" + raise_if_pending + emit_system(system_content))
             user = _jinja(self.user, f"(ns.system + {content})")
             out.append("{% elif message['role'] == 'user' %}" + user + "{% set ns.system = '' %}")
         else:
             raise_if_pending = ""
-            out.append("{% if message['role'] == 'system' %}" + _jinja(self.system, content))
+            out.append("{% if message['role'] == 'system' %}" + emit_system(system_content) + first_tools_message)
             out.append("{% elif message['role'] == 'user' %}" + _jinja(self.user, content))
-        turn = self.reply_prefix + "{content}" + self.assistant_suffix + self.turn_separator
-        reply = _jinja(self.assistant_prefix + turn, content)
+        header = _jinja(self.assistant_prefix)
         if self.history_assistant_prefix is not None:
-            earlier = _jinja(self.history_assistant_prefix + turn, content)
-            reply = "{% if loop.last %}" + reply + "{% else %}" + earlier + "{% endif %}"
-        out.append("{% elif message['role'] == 'assistant' %}" + raise_if_pending + reply)
-        if self.tool is not None:
+            header = (
+                "{% if loop.last %}" + header + "{% else %}" + _jinja(self.history_assistant_prefix) + "{% endif %}"
+            )
+        header += _jinja(self.reply_prefix)
+        end = _jinja(self.assistant_suffix + self.turn_separator)
+        if react:  # a reply after an Observation continues the turn; a call leaves it open
+            header = "{% if not (loop.previtem is defined and loop.previtem['role'] == 'tool') %}" + header
+            header += "{% endif %}"
+            end = "{% if not message['tool_calls'] %}" + end + "{% endif %}"
+        reply = jinja_reply_with_calls(self.tool_style, content) + header + "{{ reply }}"
+        out.append("{% elif message['role'] == 'assistant' %}" + raise_if_pending + reply + end)
+        if react:
+            out.append("{% elif message['role'] == 'tool' %}{{ 'Observation: ' + " + content + " + '\\n' }}")
+        elif self.tool is not None:
             out.append("{% elif message['role'] == 'tool' %}" + raise_if_pending + _jinja(self.tool, content))
         out.append("{% endif %}{% endfor %}")
         if self.merge_system:
             out.append(raise_if_pending)
+        prompt = _jinja(self.assistant_prefix)
+        if react:
+            prompt = "{% if not (messages and messages[-1]['role'] == 'tool') %}" + prompt + "{% endif %}"
         finished = "{% else %}" + _jinja(self.suffix) if self.suffix else ""
-        out.append("{% if add_generation_prompt %}" + _jinja(self.assistant_prefix) + finished + "{% endif %}")
+        out.append("{% if add_generation_prompt %}" + prompt + finished + "{% endif %}")
         return "".join(out)
 
 

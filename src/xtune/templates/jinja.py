@@ -29,23 +29,33 @@ class TokenizerTemplate:
             )
         self.tokenizer = tokenizer
         self.jinja = tokenizer.chat_template
+        self.tool_style = _guess_tool_style(self.jinja)
         probe = self._apply(_PROBE, False)
         self.end_of_turn = probe[probe.rindex("pong") + len("pong") :].strip()
 
-    def _apply(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
-        plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-        return self.tokenizer.apply_chat_template(plain, tokenize=False, add_generation_prompt=add_generation_prompt)
+    def _apply(
+        self, messages: Sequence[Message], add_generation_prompt: bool, tools: Sequence[dict] | None = None
+    ) -> str:
+        plain = [{k: m[k] for k in ("role", "content", "tool_calls") if k in m} for m in messages]
+        return self.tokenizer.apply_chat_template(
+            plain, tools=list(tools) if tools else None, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     def render(
-        self, messages: Sequence[Message], add_generation_prompt: bool = False, bos: str = "", eos: str = ""
+        self,
+        messages: Sequence[Message],
+        add_generation_prompt: bool = False,
+        bos: str = "",
+        eos: str = "",
+        tools: Sequence[dict] | None = None,
     ) -> list[Segment]:
-        full = self._apply(messages, add_generation_prompt)
+        full = self._apply(messages, add_generation_prompt, tools)
         segments, cursor = [], 0
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            before = self._apply(messages[:i], True)
-            after = self._apply(messages[: i + 1], False)
+            before = self._apply(messages[:i], True, tools)
+            after = self._apply(messages[: i + 1], False, tools)
             if not (after.startswith(before) and full.startswith(after)):
                 raise ConfigError(
                     "the tokenizer's chat_template renders earlier turns differently once later "
@@ -62,12 +72,28 @@ class TokenizerTemplate:
         return [s for s in segments if s.text]
 
     def render_text(
-        self, messages: Sequence[Message], add_generation_prompt: bool = False, bos: str = "", eos: str = ""
+        self,
+        messages: Sequence[Message],
+        add_generation_prompt: bool = False,
+        bos: str = "",
+        eos: str = "",
+        tools: Sequence[dict] | None = None,
     ) -> str:
-        return self._apply(messages, add_generation_prompt)
+        return self._apply(messages, add_generation_prompt, tools)
 
     def stop_words_for(self, eos: str | None) -> list[str]:
         return [w for w in dict.fromkeys([self.end_of_turn, eos or ""]) if w]
 
     def to_jinja(self) -> str:
         return self.jinja
+
+
+def _guess_tool_style(jinja: str) -> str:
+    """How the chat reads calls from a model whose own template writes them (see tool_calls.py)."""
+    if "<tool_call>" in jinja:
+        return "qwen"
+    if "<|plugin|>" in jinja:
+        return "internlm2"
+    if '"parameters"' in jinja or "ipython" in jinja:
+        return "llama3"
+    return "react"

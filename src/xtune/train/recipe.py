@@ -19,6 +19,7 @@ from rich.console import Console
 
 from xtune.chat.generate import GenerationSettings
 from xtune.chat.session import ChatSession
+from xtune.chat.tools import build_registry
 from xtune.config.schema import Config
 from xtune.data import build_training_data
 from xtune.data.packing import collate, epoch_batches
@@ -270,11 +271,11 @@ class FinetuneRecipe:
             logger.info("evaluation inputs are skipped under FSDP; chat with the final model instead")
             return
         settings = GenerationSettings(max_new_tokens=ev.max_new_tokens)
+        tools = build_registry(ev.tools, ev.search_docs) if ev.tools else None
         lines = []
         for prompt in ev.inputs:
-            session = ChatSession(
-                self.model, self.tokenizer, self.template, settings, system=ev.system or self.cfg.data.system
-            )
+            system = ev.system or self.cfg.data.system
+            session = ChatSession(self.model, self.tokenizer, self.template, settings, system=system, tools=tools)
             reply = session.ask(prompt)
             lines.append(f"### {prompt}\n{reply}\n")
             logger.info(f"eval step {self.step}: {prompt!r} -> {reply!r}")
