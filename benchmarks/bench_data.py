@@ -1,7 +1,8 @@
-"""Data preparation throughput: template + tokenize + pack on a generated alpaca set, cold and cached.
+"""Data preparation throughput: template + tokenize + pack on a generated alpaca set, cold (in one process and in
+worker processes) and cached.
 
-python benchmarks/bench_data.py                 # 100k records
-python benchmarks/bench_data.py --records 20000 --json
+python benchmarks/bench_data.py                 # 100k records, 1 and 2 tokenizer processes
+python benchmarks/bench_data.py --records 20000 --num-proc 1 4 --json
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--max-length", type=int, default=2048)
+    parser.add_argument("--num-proc", type=int, nargs="+", default=[1, 2], help="tokenizer processes to compare")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     datasets.disable_progress_bars()
@@ -74,42 +76,46 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "alpaca.jsonl"
         generate(data, args.records)
-        cfg = validate_config(
-            {
-                "model": {"path": "builtin:tiny-llama"},
-                "data": {
-                    "datasets": [{"path": str(data), "format": "alpaca"}],
-                    "template": "qwen_chat",
-                    "max_length": args.max_length,
-                    "pack_to_max_length": True,
-                    "cache_dir": str(Path(tmp) / "c"),
-                },
+
+        def config(num_proc: int, cache_dir: str):
+            data_settings = {
+                "datasets": [{"path": str(data), "format": "alpaca"}],
+                "template": "qwen_chat",
+                "max_length": args.max_length,
+                "pack_to_max_length": True,
+                "cache_dir": cache_dir,
+                "num_proc": num_proc,
             }
-        )
+            return validate_config({"model": {"path": "builtin:tiny-llama"}, "data": data_settings}).data
+
         timings = {}
-        for run in ("cold", "cached"):
+        for num_proc in args.num_proc:  # each cold run with its own empty cache
             start = time.perf_counter()
-            prepared = build_training_data(cfg.data, tokenizer)
-            timings[run] = time.perf_counter() - start
+            prepared = build_training_data(config(num_proc, str(Path(tmp) / f"cache{num_proc}")), tokenizer)
+            timings[f"cold_{num_proc}_proc"] = time.perf_counter() - start
+        start = time.perf_counter()
+        prepared = build_training_data(
+            config(args.num_proc[-1], str(Path(tmp) / f"cache{args.num_proc[-1]}")), tokenizer
+        )
+        timings["cached"] = time.perf_counter() - start
     result = {
         "records": args.records,
         "tokens": prepared.num_tokens,
         "rows": len(prepared.rows),
         "fill": prepared.fill,
-        "cold_tokens_per_s": prepared.num_tokens / timings["cold"],
-        "cached_tokens_per_s": prepared.num_tokens / timings["cached"],
-        "cold_s": timings["cold"],
-        "cached_s": timings["cached"],
+        **{f"{run}_tokens_per_s": prepared.num_tokens / seconds for run, seconds in timings.items()},
+        **{f"{run}_s": seconds for run, seconds in timings.items()},
         "cores": os.cpu_count(),
     }
     if args.json:
         print(json.dumps(result, indent=2))
     else:
+        runs = ", ".join(
+            f"{run} {prepared.num_tokens / seconds:,.0f} tokens/s ({seconds:.1f} s)" for run, seconds in timings.items()
+        )
         print(
             f"{args.records} records, {prepared.num_tokens} tokens -> {len(prepared.rows)} rows "
-            f"(fill {prepared.fill:.1%}); cold {result['cold_tokens_per_s']:,.0f} tokens/s "
-            f"({timings['cold']:.1f} s), cached {result['cached_tokens_per_s']:,.0f} tokens/s "
-            f"({timings['cached']:.1f} s)"
+            f"(fill {prepared.fill:.1%}); {runs}"
         )
 
 

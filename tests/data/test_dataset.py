@@ -135,3 +135,53 @@ def test_tool_use_records_load_through_arrow_unchanged(tmp_path, tiny_tokenizer)
         for t in trained
     )
     assert not any("42" in t.replace("It is 42.", "") for t in trained)
+
+
+PID_MAP_FN = """
+import os
+
+def with_pid(record):
+    pid = str(os.getpid())
+    return {"messages": [{"role": "user", "content": pid}, {"role": "assistant", "content": record["output"]}]}
+"""
+
+
+def test_tokenization_in_worker_processes_matches_one_process(tmp_path, tiny_tokenizer):
+    import os
+
+    from xtune.data.dataset import encode_records
+
+    path = write_alpaca(tmp_path / "a.jsonl", 2100, "a")  # three encode batches
+    dataset = DatasetSettings(path=str(path))
+
+    def encode(num_proc):
+        settings = DataSettings(datasets=[dataset], template="qwen_chat", max_length=64, cache=False, num_proc=num_proc)
+        return [(i, s.input_ids, s.labels, s.truncated) for i, s in encode_records(dataset, settings, tiny_tokenizer)]
+
+    one, two = encode(1), encode(2)
+    assert len(one) == 2100 and two == one
+
+    (tmp_path / "pid_fn.py").write_text(PID_MAP_FN)
+    dataset = DatasetSettings(path=str(path), format=f"{tmp_path / 'pid_fn.py'}:with_pid")
+    settings = DataSettings(datasets=[dataset], template="qwen_chat", max_length=64, cache=False, num_proc=2)
+    pids = {
+        tiny_tokenizer.decode(s.input_ids).split("user\n")[1].split("<")[0]
+        for _, s in encode_records(dataset, settings, tiny_tokenizer)
+    }
+    assert len(pids) == 2 and str(os.getpid()) not in pids  # two workers did the work
+
+
+def test_a_bad_record_found_by_a_worker_names_its_line(tmp_path, tiny_tokenizer):
+    from xtune.data.dataset import encode_records
+
+    path = write_alpaca(tmp_path / "a.jsonl", 2100, "a")
+    lines = path.read_text().splitlines()
+    lines[1500] = json.dumps({"instruction": "no output here"})
+    path.write_text("\n".join(lines) + "\n")
+    dataset = DatasetSettings(path=str(path))
+    settings = DataSettings(datasets=[dataset], template="qwen_chat", max_length=64, cache=False, num_proc=2)
+    with pytest.raises(DataError, match=r"a\.jsonl:1501: missing key 'output'"):
+        list(encode_records(dataset, settings, tiny_tokenizer))
+    errors = []
+    samples = list(encode_records(dataset, settings, tiny_tokenizer, on_error=errors.append))
+    assert len(samples) == 2099 and len(errors) == 1

@@ -7,6 +7,7 @@ import inspect
 import json
 import os
 import random
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -80,6 +81,51 @@ class TrainingData:
         return ", ".join(parts)
 
 
+class _RecordEncoder:
+    """Map, template and tokenize a batch of records (columns, as `datasets` hands them), in this process or in a
+    `datasets.map` worker. A bad record becomes an error message in its row rather than an exception, so the
+    caller reports the first one in file order, wherever it was found."""
+
+    def __init__(self, dataset: DatasetSettings, data: DataSettings, tokenizer: PreTrainedTokenizerBase, template):
+        self.path, self.format = resolve_path(dataset.path), dataset.format
+        self.map_fn = get_map_fn(dataset.format)
+        self.template, self.tokenizer, self.max_length = template, tokenizer, data.max_length
+        self.system = dataset.system if dataset.system is not None else data.system
+
+    def __call__(self, columns: dict[str, list], indices: list[int]) -> dict[str, list]:
+        records = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+        errors, good = [""] * len(records), []
+        for row, (index, record) in enumerate(zip(indices, records, strict=True)):
+            try:
+                good.append((row, sample_segments(self.map_fn(record), self.template, self.tokenizer, self.system)))
+            except (RecordError, KeyError, TypeError, ValueError) as e:
+                key = getattr(e, "key", None) or (e.args[0] if isinstance(e, KeyError) else None)
+                detail = f"missing key {key!r}" if isinstance(e, KeyError) else str(e)
+                errors[row] = (
+                    f"{record_location(self.path, index)}: {detail} (format {self.format!r}, keys present: "
+                    f"{', '.join(record) or 'none'}). Fix the record or choose the format that matches your data "
+                    "(`xtune list-dataset-format`)."
+                )
+        encoded = encode_batch([segments for _, segments in good], self.tokenizer, self.max_length) if good else []
+        out = {"input_ids": [[]] * len(records), "labels": [[]] * len(records), "truncated": [False] * len(records)}
+        for (row, _), sample in zip(good, encoded, strict=True):
+            out["input_ids"][row], out["labels"][row], out["truncated"][row] = (
+                sample.input_ids,
+                sample.labels,
+                sample.truncated,
+            )
+        return {**out, "error": errors}
+
+
+PARALLEL_MIN_RECORDS = 50_000  # below this, starting worker processes costs more than it saves
+
+
+def tokenizer_workers(num_proc: int | None, n_records: int) -> int:
+    if num_proc is not None:
+        return num_proc
+    return min(os.cpu_count() or 1, 8) if n_records >= PARALLEL_MIN_RECORDS else 1
+
+
 def encode_records(
     dataset: DatasetSettings,
     data: DataSettings,
@@ -88,39 +134,43 @@ def encode_records(
     on_error: Callable[[DataError], None] | None = None,
 ) -> Iterator[tuple[int, EncodedSample]]:
     """(record index, encoded sample) for every record of one dataset, in file order. A bad record raises a
-    DataError naming file, line and key, or, with `on_error`, is reported there and skipped."""
-    path = resolve_path(dataset.path)
-    map_fn = get_map_fn(dataset.format)
-    template = template or resolve_template(data.template, tokenizer)
-    system = dataset.system if dataset.system is not None else data.system
-    records = load_records(path)
-    batch: list[tuple[int, list]] = []
+    DataError naming file, line and key, or, with `on_error`, is reported there and skipped.
 
-    def flush() -> Iterator[tuple[int, EncodedSample]]:
-        encoded = encode_batch([segments for _, segments in batch], tokenizer, data.max_length)
-        yield from zip((index for index, _ in batch), encoded, strict=True)
-        batch.clear()
-
-    for index, record in enumerate(records):
-        try:
-            segments = sample_segments(map_fn(record), template, tokenizer, system)
-        except (RecordError, KeyError, TypeError, ValueError) as e:
-            key = getattr(e, "key", None) or (e.args[0] if isinstance(e, KeyError) else None)
-            detail = f"missing key {key!r}" if isinstance(e, KeyError) else str(e)
-            error = DataError(
-                f"{record_location(path, index)}: {detail} (format {dataset.format!r}, keys present: "
-                f"{', '.join(record) or 'none'}). Fix the record or choose the format that matches your data "
-                "(`xtune list-dataset-format`)."
-            )
-            if on_error is None:
-                raise error from None
-            on_error(error)
-            continue
-        batch.append((index, segments))
-        if len(batch) >= ENCODE_BATCH:
-            yield from flush()
-    if batch:
-        yield from flush()
+    With several workers (data.num_proc) the records are encoded by `datasets.map` in worker processes first;
+    in one process they are encoded lazily, batch by batch, so a preview of the first samples stays quick."""
+    encoder = _RecordEncoder(dataset, data, tokenizer, template or resolve_template(data.template, tokenizer))
+    records = load_records(encoder.path)
+    workers = tokenizer_workers(data.num_proc, len(records))
+    if workers > 1:
+        encoded = records.map(
+            encoder,
+            batched=True,
+            batch_size=ENCODE_BATCH,
+            with_indices=True,
+            num_proc=workers,
+            remove_columns=records.column_names,
+            keep_in_memory=True,  # xtune's own cache keeps the result; no second copy in ~/.cache/huggingface
+            new_fingerprint=uuid.uuid4().hex,  # not a hash of the encoder: hashing the tokenizer is slow
+            desc=f"tokenizing {encoder.path.name} ({workers} processes)",
+        )
+        batches = (encoded[start : start + ENCODE_BATCH] for start in range(0, len(encoded), ENCODE_BATCH))
+    else:
+        batches = (
+            encoder(records[start : start + ENCODE_BATCH], list(range(start, min(start + ENCODE_BATCH, len(records)))))
+            for start in range(0, len(records), ENCODE_BATCH)
+        )
+    index = 0
+    for columns in batches:
+        for ids, labels, truncated, error in zip(
+            *(columns[k] for k in ("input_ids", "labels", "truncated", "error")), strict=True
+        ):
+            if error:
+                if on_error is None:
+                    raise DataError(error)
+                on_error(DataError(error))
+            else:
+                yield index, EncodedSample(ids, labels, truncated)
+            index += 1
 
 
 def tokenized_dataset(
