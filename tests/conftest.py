@@ -1,5 +1,7 @@
 """Shared fixtures: the tokenizer shipped with xtune, private caches for every test session, one torch thread."""
 
+import os
+import sys
 from pathlib import Path
 
 import datasets
@@ -43,3 +45,25 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("xtune_cache")
+
+
+@pytest.fixture(scope="session")
+def xtune_env(cache_dir) -> dict[str, str]:
+    """Environment for `python -m xtune.cli` subprocesses. One thread: the tiny model gains nothing from more, and
+    on a busy machine OpenMP threads spinning against other processes make runs several times slower."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", XTUNE_CACHE=str(cache_dir))
+    env["HF_DATASETS_CACHE"] = str(cache_dir / "hf_datasets")
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    return env
+
+
+@pytest.fixture(scope="session")
+def xtune_cmd() -> list[str]:
+    return [sys.executable, "-m", "xtune.cli"]

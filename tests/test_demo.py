@@ -23,7 +23,6 @@ STEPS = 100
 IDENTITY = "我是 xtune 小助手，一个用 xtune 在 CPU 上几分钟就微调出来的小模型，很高兴为你服务！"
 
 
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")

@@ -213,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--search-docs", metavar="DIR", help="the folder of text files the search tool looks in (offline)")
     p.add_argument("--max-tool-rounds", type=int, default=5, help="tool calls answered per question, at most")
+    p.add_argument(
+        "--no-tool-list",
+        dest="list_tools",
+        action="store_false",
+        default=None,
+        help="do not describe the tools in the prompt (a model fine-tuned without the list); default: as trained",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=cmd_chat)

@@ -19,7 +19,6 @@ QWEN = get_template("qwen_chat")
 N = 24
 
 
-
 @pytest.fixture(scope="module")
 def model():
     config = AutoConfig.from_pretrained(TINY_LLAMA)
@@ -179,3 +178,99 @@ def test_sessions_sharing_settings_do_not_pile_up_stop_words(model, tiny_tokeniz
     for _ in range(3):
         session = ChatSession(model, tiny_tokenizer, QWEN, settings)
     assert session.settings.stop_words == ["###", "<|im_end|>", "<|endoftext|>"]
+
+
+# --- the tool loop, with scripted replies: what the model sees after each call ---------------------------------
+
+
+def scripted(monkeypatch, replies: list[str]) -> list[str]:
+    """Replace generation with `replies` in turn; returns the list the prompts are recorded in."""
+    prompts, queue = [], list(replies)
+
+    def fake_generate(model_, tokenizer, input_ids, settings, on_text=None):
+        prompts.append(tokenizer.decode(input_ids, skip_special_tokens=False))
+        return queue.pop(0)
+
+    monkeypatch.setattr(session_module, "generate", fake_generate)
+    return prompts
+
+
+CALL = '<tool_call>\n{"name": "calculate", "arguments": {"expression": "6*7"}}\n</tool_call>'
+
+
+def test_tool_loop_runs_the_call_and_shows_the_result_to_the_model(model, tiny_tokenizer, monkeypatch):
+    from xtune.chat.tools import build_registry
+
+    prompts = scripted(monkeypatch, [f"Let me compute.\n{CALL}", "It is 42."])
+    shown = []
+    session = ChatSession(
+        model, tiny_tokenizer, QWEN, GenerationSettings(), tools=build_registry(["calculate", "solve"])
+    )
+    answer = session.ask("6 times 7?", on_tool=lambda call, result: shown.append((call.name, result.text)))
+    assert answer == "It is 42." and shown == [("calculate", "42")]
+    assert "# Tools" in prompts[0] and '"name": "solve"' in prompts[0]  # the tools are listed in the prompt
+    assert prompts[1].startswith(prompts[0] + "Let me compute.\n" + CALL)  # the call as the model wrote it
+    assert prompts[1].endswith("<|im_start|>tool\n42<|im_end|>\n<|im_start|>assistant\n")
+    assert [m["role"] for m in session.history] == ["user", "assistant", "tool", "assistant"]
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        ('<tool_call>\n{"name": "calculate", "arguments": {"expression": "1+"}}\n</tool_call>', "error:"),
+        ('<tool_call>\n{"name": "calculate", "arguments": {oops}}\n</tool_call>', "not valid JSON"),
+        ('<tool_call>\n{"name": "shell", "arguments": {"cmd": "rm -rf /"}}\n</tool_call>', "unknown tool 'shell'"),
+        ('<tool_call>\n{"name": "calculate", "arguments": {"expr": "1"}}\n</tool_call>', "expression"),
+        (
+            '<tool_call>\n{"name": "calculate", "arguments": {"expression": "__import__(\'os\')"}}\n</tool_call>',
+            "error",
+        ),
+    ],
+)
+def test_a_malformed_call_gets_an_error_result_the_model_reads(model, tiny_tokenizer, monkeypatch, call, error):
+    from xtune.chat.tools import build_registry
+
+    prompts = scripted(monkeypatch, [call, "Sorry."])
+    session = ChatSession(model, tiny_tokenizer, QWEN, GenerationSettings(), tools=build_registry(["calculate"]))
+    assert session.ask("?") == "Sorry."
+    result = session.history[2]
+    assert result["role"] == "tool" and error in result["content"] and result["content"] in prompts[1]
+
+
+def test_tool_rounds_are_bounded(model, tiny_tokenizer, monkeypatch):
+    from xtune.chat.tools import build_registry
+
+    prompts = scripted(monkeypatch, [CALL] * 10)
+    session = ChatSession(
+        model, tiny_tokenizer, QWEN, GenerationSettings(), tools=build_registry(["calculate"]), max_tool_rounds=3
+    )
+    assert session.ask("?") == CALL  # the fourth reply still calls a tool: it is returned, not run
+    assert len(prompts) == 4 and sum(m["role"] == "tool" for m in session.history) == 3
+
+
+def test_react_models_stop_before_inventing_an_observation(model, tiny_tokenizer, monkeypatch):
+    from xtune.chat.tools import build_registry
+
+    react = get_template("default")
+    prompts = scripted(
+        monkeypatch, ['Thought: multiply\nAction: calculate\nAction Input: {"expression": "6*7"}\n', "Final Answer: 42"]
+    )
+    session = ChatSession(model, tiny_tokenizer, react, GenerationSettings(), tools=build_registry(["calculate"]))
+    assert "Observation:" in session.settings.stop_words
+    assert session.ask("6 times 7?") == "Final Answer: 42"
+    assert prompts[1].endswith('Action Input: {"expression": "6*7"}\nObservation: 42\n')  # the turn continues
+
+
+def test_build_registry_takes_builtin_names_and_user_functions(tmp_path):
+    from xtune.chat.tools import build_registry
+    from xtune.errors import XtuneError
+
+    (tmp_path / "my_tools.py").write_text(
+        'def shout(text: str) -> str:\n    """Upper-case the text.\n\n    Args:\n        text: what to shout\n    """\n'
+        "    return text.upper()\n"
+    )
+    registry = build_registry(["calculate", f"{tmp_path / 'my_tools.py'}:shout"])
+    assert [t.name for t in registry.list()] == ["calculate", "shout"]
+    assert registry.call("shout", {"text": "hi"}).text == "HI"
+    with pytest.raises(XtuneError, match="unknown tool 'calc'; built-in tools: calculate, solve, search"):
+        build_registry(["calc"])

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -79,3 +80,30 @@ def test_log_dataset_unknown_index_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["log-dataset", write_config(tmp_path, [GOOD]), "--index", "7"])
     assert exit_info.value.code == 2 and "no record with index 7" in capsys.readouterr().err
+
+
+def test_log_dataset_shows_tool_calls_trained_and_results_not(tmp_path, capsys):
+    call = {"type": "function", "function": {"name": "calculate", "arguments": '{"expression": "6*7"}'}}
+    record = {
+        "messages": [
+            {"role": "user", "content": "6 times 7?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "content": "42"},
+            {"role": "assistant", "content": "It is 42."},
+        ]
+    }
+    config = write_config(tmp_path, [record])
+    raw = yaml.safe_load(Path(config).read_text())
+    raw["data"]["datasets"][0]["format"] = "openai"
+    raw["data"]["max_length"] = 256
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    main(["log-dataset", config, "--format", "json"])
+    sample = json.loads(capsys.readouterr().out)
+    from transformers import AutoTokenizer
+
+    from xtune.assets import resolve_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_path("builtin:tiny-llama"))
+    trained = tokenizer.decode([t for t, lab in zip(sample["input_ids"], sample["labels"], strict=True) if lab >= 0])
+    assert '<tool_call>\n{"name": "calculate", "arguments": {"expression": "6*7"}}\n</tool_call>' in trained
+    assert "It is 42." in trained and "<|im_start|>tool\n42" in sample["text"] and "tool\n42" not in trained

@@ -19,7 +19,6 @@ TINY_LLAMA = Path(__file__).resolve().parents[2] / "src" / "xtune" / "assets" / 
 CONFIG_YAML = "model:\n  method: lora\n  lora: {r: 4, alpha: 8}\ndata:\n  template: qwen_chat\n"
 
 
-
 @pytest.fixture(scope="module")
 def base_and_adapter(tmp_path_factory) -> tuple[Path, Path]:
     """A random tiny Llama with its tokenizer, and a LoRA adapter for it with random (non-zero) A and B, saved the

@@ -365,6 +365,7 @@ def write_sentencepiece_tokenizer(directory: Path, dummy_prefix: bool):
     """A tiny InternLM2-style tokenizer.model (byte-fallback BPE with [UNUSED_TOKEN_*] pieces that the
     tokenizer_config.json turns into chat tokens), and the sentencepiece processor for it."""
     import sentencepiece as spm
+
     directory.mkdir(parents=True)
     (directory / "corpus.txt").write_text("\n".join(CORPUS * 20))
     spm.SentencePieceTrainer.train(

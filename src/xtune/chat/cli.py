@@ -39,8 +39,16 @@ def run_chat(args: argparse.Namespace) -> None:
     names = [n.strip() for arg in args.tools or [] for n in arg.split(",") if n.strip()]
     names = names or evaluation.get("tools") or []
     tools = build_registry(names, args.search_docs or evaluation.get("search_docs")) if names else None
+    list_tools = args.list_tools if args.list_tools is not None else evaluation.get("list_tools", True)
     session = ChatSession(
-        model, tokenizer, template, settings, system=system, tools=tools, max_tool_rounds=args.max_tool_rounds
+        model,
+        tokenizer,
+        template,
+        settings,
+        system=system,
+        tools=tools,
+        max_tool_rounds=args.max_tool_rounds,
+        list_tools=list_tools,
     )
 
     def stream(text: str) -> None:

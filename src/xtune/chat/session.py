@@ -28,10 +28,11 @@ class ChatSession:
         system: str | None = None,
         tools: ToolRegistry | None = None,
         max_tool_rounds: int = 5,
+        list_tools: bool = True,
     ):
         self.model, self.tokenizer, self.template = model, tokenizer, template
         self.system = system
-        self.tools, self.max_tool_rounds = tools, max_tool_rounds
+        self.tools, self.max_tool_rounds, self.list_tools = tools, max_tool_rounds, list_tools
         if tools is not None and template is None:
             raise XtuneError("chatting with tools needs a chat template; pass --template (see `xtune list-cfg`)")
         stop_words = list(settings.stop_words)
@@ -54,7 +55,7 @@ class ChatSession:
                     messages, add_generation_prompt=True, tokenize=True, return_dict=False
                 )
             )
-        tools = self.tools.schemas() if self.tools is not None else None
+        tools = self.tools.schemas() if self.tools is not None and self.list_tools else None
         text = self.template.render_text(
             messages,
             add_generation_prompt=True,

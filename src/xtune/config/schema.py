@@ -65,6 +65,9 @@ class DataSettings(_Section):
     shuffle: bool = True
     group_by_length: bool = Field(False, description="Unpacked: batch samples of similar length (less padding).")
     cache: bool = Field(True, description="Cache tokenized datasets on disk, keyed by content and settings.")
+    num_proc: int | None = Field(
+        None, ge=1, description="Tokenizer processes; default: one per core (up to 8) from 50k records on, else 1."
+    )
     cache_dir: str | None = Field(None, description="Default: $XTUNE_CACHE or ~/.cache/xtune.")
 
 
@@ -105,6 +108,9 @@ class EvaluationSettings(_Section):
     # 'my_tools.py:my_function'); `search_docs` is the folder the search tool reads.
     tools: list[str] = []
     search_docs: str | None = None
+    # false: the prompt does not list the tools, for a model fine-tuned on data that did not list them either
+    # (a fixed tool set it has learned; the list costs hundreds of tokens per sample)
+    list_tools: bool = True
 
 
 class Config(_Section):

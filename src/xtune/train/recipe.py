@@ -275,7 +275,15 @@ class FinetuneRecipe:
         lines = []
         for prompt in ev.inputs:
             system = ev.system or self.cfg.data.system
-            session = ChatSession(self.model, self.tokenizer, self.template, settings, system=system, tools=tools)
+            session = ChatSession(
+                self.model,
+                self.tokenizer,
+                self.template,
+                settings,
+                system=system,
+                tools=tools,
+                list_tools=ev.list_tools,
+            )
             reply = session.ask(prompt)
             lines.append(f"### {prompt}\n{reply}\n")
             logger.info(f"eval step {self.step}: {prompt!r} -> {reply!r}")
