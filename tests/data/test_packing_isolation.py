@@ -1,6 +1,9 @@
 """Packed samples must not see each other: per-sample logits and losses of a packed batch equal those of each
 sample run alone (the reference: a plain unpacked forward)."""
 
+import itertools
+from types import SimpleNamespace
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -91,3 +94,42 @@ def test_packing_without_restarting_positions_would_leak():
     good = (hidden_logits(model, packed)[0, 10:] - hidden_logits(model, alone)[0]).abs().max()
     bad = (hidden_logits(model, leaky)[0, 10:] - hidden_logits(model, alone)[0]).abs().max()
     assert good < 1e-5 < bad
+
+
+def test_flat_batches_give_flash_attention_the_sample_boundaries():
+    """Flash attention (GPU only) takes its varlen boundaries from position_ids, and only for a batch of one row:
+    xtune flattens the batch for it. Checked here on CPU: transformers' own cu_seqlens for the flat batch are the
+    sample boundaries, and the flat batch gives every sample the logits it has alone (SDPA, same position_ids)."""
+    from transformers.modeling_flash_attention_utils import _is_packed_sequence, prepare_fa_kwargs_from_position_ids
+
+    from xtune.data.packing import needs_flat_batches
+
+    samples = random_samples([23, 17, 9, 30, 5, 12])
+    rows = pack(samples, max_length=40)
+    flat = collate(rows, pad_token_id=0, flatten=True)
+    total = sum(len(s.input_ids) for s in samples)
+    assert flat["input_ids"].shape == (1, total) and (flat["labels"] != IGNORE_INDEX).sum() > 0
+    assert _is_packed_sequence(flat["position_ids"], batch_size=1)
+    (cu_seqlens, _), (max_length, _) = prepare_fa_kwargs_from_position_ids(flat["position_ids"])
+    lengths = [len(r.input_ids[start:end]) for r in rows for start, end in _spans(r)]
+    assert cu_seqlens.tolist() == [0, *itertools.accumulate(lengths)] and int(max_length) == 30
+    # the multi-row batch would not be treated as packed by the flash path:
+    assert not _is_packed_sequence(collate(rows, pad_token_id=0)["position_ids"], batch_size=len(rows))
+
+    model = tiny_llama()
+    flat_logits = hidden_logits(model, flat)[0]
+    ids, positions = flat["input_ids"][0], flat["position_ids"][0].tolist()
+    starts = [i for i, p in enumerate(positions) if p == 0]
+    for start, end in zip(starts, [*starts[1:], total], strict=True):
+        alone = {"input_ids": ids[None, start:end], "position_ids": torch.arange(end - start)[None]}
+        assert (flat_logits[start:end] - hidden_logits(model, alone)[0]).abs().max() < 1e-5
+    unflattened = loss_sum(model, collate(rows, pad_token_id=0)).item()
+    assert loss_sum(model, flat).item() == pytest.approx(unflattened, rel=1e-5)
+
+    assert not needs_flat_batches(model)  # sdpa
+    assert needs_flat_batches(SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2")))
+
+
+def _spans(row) -> list[tuple[int, int]]:
+    starts = [i for i, p in enumerate(row.position_ids) if p == 0]
+    return list(zip(starts, [*starts[1:], len(row.input_ids)], strict=True))

@@ -65,7 +65,14 @@ def fill_ratio(rows: Sequence[Row], max_length: int) -> float:
     return sum(len(r) for r in rows) / (len(rows) * max_length) if rows else 0.0
 
 
-def collate(rows: Sequence[Row], pad_token_id: int) -> dict[str, torch.Tensor]:
+def collate(rows: Sequence[Row], pad_token_id: int, flatten: bool = False) -> dict[str, torch.Tensor]:
+    """A batch of rows padded to the longest; `flatten`: all rows end to end in one row of batch size 1, no padding.
+
+    Flash-attention kernels need the flat form: transformers derives their varlen boundaries (cu_seqlens) from
+    position_ids only for a batch of one, and would let the samples of a multi-row packed batch attend to each
+    other. SDPA and eager isolate the samples in either form (a block-diagonal mask from position_ids)."""
+    if flatten:
+        rows = [_concatenated(rows)]
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
@@ -77,6 +84,21 @@ def collate(rows: Sequence[Row], pad_token_id: int) -> dict[str, torch.Tensor]:
         position_ids[i, :n] = torch.tensor(row.position_ids)
         position_ids[i, n:] = torch.arange(width - n)
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+def _concatenated(rows: Sequence[Row]) -> Row:
+    flat = Row()
+    for row in rows:
+        flat.input_ids += row.input_ids
+        flat.labels += row.labels
+        flat.position_ids += row.position_ids
+    return flat
+
+
+def needs_flat_batches(model: torch.nn.Module) -> bool:
+    """Whether the model attends with a varlen flash-attention kernel (see collate)."""
+    implementation = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
+    return "flash" in implementation
 
 
 def epoch_batches(

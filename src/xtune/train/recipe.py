@@ -22,7 +22,7 @@ from xtune.chat.session import ChatSession
 from xtune.chat.tools import build_registry
 from xtune.config.schema import Config
 from xtune.data import build_training_data
-from xtune.data.packing import collate, epoch_batches
+from xtune.data.packing import collate, epoch_batches, needs_flat_batches
 from xtune.errors import ConfigError
 from xtune.io import write_atomically
 from xtune.models.load import (
@@ -125,6 +125,7 @@ class FinetuneRecipe:
         # new tokens need trained rows whether the embedding grew or already had spare (untrained) rows for them
         self.model = attach_adapters(base, cfg.model, train_embeddings=grown or bool(cfg.model.add_special_tokens))
         self.model.train()
+        self.flat_batches = needs_flat_batches(self.model)
         # Every training forward goes through this module, which the engine wraps (FSDP2 shards in place, so the
         # optimizer below sees the sharded parameters).
         self.loss_module = wrap(CausalLMLoss(self.model), cfg.training.engine, world)
@@ -175,7 +176,8 @@ class FinetuneRecipe:
             for indices in batches[position:]:
                 if index % self.world.size == self.world.rank:
                     rows = [self.data.rows[i] for i in indices]
-                    yield collate(rows, self.tokenizer.pad_token_id), sum(len(r) for r in rows)
+                    batch = collate(rows, self.tokenizer.pad_token_id, flatten=self.flat_batches)
+                    yield batch, sum(len(r) for r in rows)
                 index += 1
 
     # ------------------------------------------------------------------ training
