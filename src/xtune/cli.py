@@ -55,6 +55,10 @@ def _config_and_tokenizer(args: argparse.Namespace):
     from xtune.models import load_tokenizer
 
     cfg, _ = resolve_config(args.config, args.set or [])
+    if cfg.model.vision is not None:  # with the image token
+        from xtune.multimodal.model import multimodal_tokenizer
+
+        return cfg, multimodal_tokenizer(cfg.model)
     return cfg, load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
 
 
@@ -203,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--greedy", action="store_true", help="deterministic decoding (temperature 0)")
     p.add_argument("--stop-words", nargs="+", default=[], help="extra stop words")
     p.add_argument("--prompt", action="append", help="answer this prompt and exit (repeat for several turns)")
+    p.add_argument("--image", action="append", help="an image to talk about (LLaVA models; repeat for several)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=cmd_chat)

@@ -10,7 +10,6 @@ import yaml
 
 from xtune.chat.generate import GenerationSettings
 from xtune.chat.session import ChatSession
-from xtune.models.load import load_for_inference
 from xtune.templates import resolve_template
 from xtune.train.recipe import CONFIG_FILE
 
@@ -19,7 +18,9 @@ HELP = "Type a message. RESET clears the history, EXIT quits."
 
 def run_chat(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
-    model, tokenizer, source = load_for_inference(args.model, args.adapter, args.bits, args.trust_remote_code)
+    from xtune.multimodal.chat import image_session, is_llava, load_llava_for_inference
+
+    model, tokenizer, source = load_llava_for_inference(args.model, args.adapter, args.bits, args.trust_remote_code)
     trained = yaml.safe_load((source / CONFIG_FILE).read_text()) if (source / CONFIG_FILE).exists() else {}
     template_name = args.template or trained.get("data", {}).get("template")
     template = resolve_template(template_name, tokenizer) if template_name else None
@@ -32,7 +33,11 @@ def run_chat(args: argparse.Namespace) -> None:
         top_p=args.top_p,
         stop_words=list(args.stop_words),
     )
-    session = ChatSession(model, tokenizer, template, settings, system=system)
+    images = getattr(args, "image", None) or []
+    if images or is_llava(model):  # a LLaVA answers about --image (or without one, text only)
+        session = image_session(model, tokenizer, template, settings, source, images, system=system)
+    else:
+        session = ChatSession(model, tokenizer, template, settings, system=system)
 
     def stream(text: str) -> None:
         sys.stdout.write(text)

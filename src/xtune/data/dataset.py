@@ -19,7 +19,7 @@ import xtune
 from xtune.assets import resolve_path
 from xtune.config.schema import DatasetSettings, DataSettings
 from xtune.data.encode import EncodedSample, encode_batch, has_trained_tokens, sample_segments
-from xtune.data.formats import RecordError, get_map_fn
+from xtune.data.formats import MapFn, RecordError, get_map_fn
 from xtune.data.loading import load_records, record_location
 from xtune.data.packing import Row, fill_ratio, pack, single_rows
 from xtune.errors import DataError
@@ -86,25 +86,36 @@ def encode_records(
     tokenizer: PreTrainedTokenizerBase,
     template: Template | None = None,
     on_error: Callable[[DataError], None] | None = None,
+    map_fn: MapFn | None = None,
+    on_skip: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[int, EncodedSample]]:
     """(record index, encoded sample) for every record of one dataset, in file order. A bad record raises a
-    DataError naming file, line and key, or, with `on_error`, is reported there and skipped."""
+    DataError naming file, line and key, or, with `on_error`, is reported there and skipped. `map_fn` replaces
+    the dataset's format (formats that need settings, such as xtune.multimodal's); a record it marks skippable
+    is dropped and its reason passed to `on_skip`."""
     path = resolve_path(dataset.path)
-    map_fn = get_map_fn(dataset.format)
+    map_fn = map_fn or get_map_fn(dataset.format)
     template = template or resolve_template(data.template, tokenizer)
     system = dataset.system if dataset.system is not None else data.system
     records = load_records(path)
-    batch: list[tuple[int, list]] = []
+    batch: list[tuple[int, list, list[str]]] = []
 
     def flush() -> Iterator[tuple[int, EncodedSample]]:
-        encoded = encode_batch([segments for _, segments in batch], tokenizer, data.max_length)
-        yield from zip((index for index, _ in batch), encoded, strict=True)
+        encoded = encode_batch([segments for _, segments, _ in batch], tokenizer, data.max_length)
+        for (index, _, images), sample in zip(batch, encoded, strict=True):
+            sample.images = images
+            yield index, sample
         batch.clear()
 
     for index, record in enumerate(records):
         try:
-            segments = sample_segments(map_fn(record), template, tokenizer, system)
+            mapped = map_fn(record)
+            segments = sample_segments(mapped, template, tokenizer, system)
         except (RecordError, KeyError, TypeError, ValueError) as e:
+            if getattr(e, "skip_reason", None):
+                if on_skip is not None:
+                    on_skip(e.skip_reason)
+                continue
             key = getattr(e, "key", None) or (e.args[0] if isinstance(e, KeyError) else None)
             detail = f"missing key {key!r}" if isinstance(e, KeyError) else str(e)
             error = DataError(
@@ -116,7 +127,7 @@ def encode_records(
                 raise error from None
             on_error(error)
             continue
-        batch.append((index, segments))
+        batch.append((index, segments, mapped.get("images", [])))
         if len(batch) >= ENCODE_BATCH:
             yield from flush()
     if batch:
@@ -124,16 +135,22 @@ def encode_records(
 
 
 def tokenized_dataset(
-    dataset: DatasetSettings, data: DataSettings, tokenizer: PreTrainedTokenizerBase, template: Template | None = None
+    dataset: DatasetSettings,
+    data: DataSettings,
+    tokenizer: PreTrainedTokenizerBase,
+    template: Template | None = None,
+    map_fn: MapFn | None = None,
 ) -> tuple[list[EncodedSample], DatasetStats]:
     """The encoded samples of one dataset that have something to train on, from the on-disk cache when the
     data, tokenizer, template and options are unchanged."""
     template = template or resolve_template(data.template, tokenizer)
-    cache = _cache_path(dataset, data, tokenizer, template) if data.cache else None
+    cache = _cache_path(dataset, data, tokenizer, template, map_fn) if data.cache else None
     if cache is not None and (cache / "stats.json").exists():
         stats_raw = json.loads((cache / "stats.json").read_text())
         columns = datasets.load_from_disk(str(cache / "samples")).to_dict()
-        samples = [EncodedSample(i, lab, t) for i, lab, t in zip(*columns.values(), strict=True)]
+        images = columns.get("images") or [[] for _ in columns["input_ids"]]
+        rows = zip(columns["input_ids"], columns["labels"], columns["truncated"], images, strict=True)
+        samples = [EncodedSample(i, lab, t, list(im)) for i, lab, t, im in rows]
         stats = DatasetStats(
             stats_raw["samples"],
             stats_raw["tokens"],
@@ -144,7 +161,11 @@ def tokenized_dataset(
         return samples, stats
 
     samples, stats = [], DatasetStats()
-    for _, sample in encode_records(dataset, data, tokenizer, template):
+
+    def count_skipped(reason: str) -> None:
+        stats.dropped[reason] += 1
+
+    for _, sample in encode_records(dataset, data, tokenizer, template, map_fn=map_fn, on_skip=count_skipped):
         if not has_trained_tokens(sample):
             stats.dropped["nothing to train within max_length" if sample.truncated else "nothing to train"] += 1
             continue
@@ -160,6 +181,8 @@ def tokenized_dataset(
                 "labels": [s.labels for s in samples],
                 "truncated": [s.truncated for s in samples],
             }
+            if any(s.images for s in samples):
+                columns["images"] = [s.images for s in samples]
             datasets.Dataset.from_dict(columns).save_to_disk(str(tmp / "samples"))
             stats_raw = {
                 "samples": stats.samples,
@@ -178,13 +201,19 @@ def tokenized_dataset(
 
 
 def build_training_data(
-    data: DataSettings, tokenizer: PreTrainedTokenizerBase, template: Template | None = None, seed: int = 0
+    data: DataSettings,
+    tokenizer: PreTrainedTokenizerBase,
+    template: Template | None = None,
+    seed: int = 0,
+    map_fn_of: Callable[[DatasetSettings], MapFn] | None = None,
 ) -> TrainingData:
-    """`template` is the resolved data.template (see xtune.templates.resolve_template); resolved here if None."""
+    """`template` is the resolved data.template (see xtune.templates.resolve_template); resolved here if None.
+    `map_fn_of` gives each dataset's map function when the formats need settings (xtune.multimodal)."""
     rng = random.Random(seed)
     parts, all_stats = [], {}
     for dataset in data.datasets:
-        samples, stats = tokenized_dataset(dataset, data, tokenizer, template)
+        map_fn = map_fn_of(dataset) if map_fn_of else None
+        samples, stats = tokenized_dataset(dataset, data, tokenizer, template, map_fn)
         if dataset.max_dataset_length is not None and len(samples) > dataset.max_dataset_length:
             samples = rng.sample(samples, dataset.max_dataset_length)
         parts.append(samples)
@@ -222,7 +251,11 @@ def cache_root(data: DataSettings) -> Path:
 
 
 def _cache_path(
-    dataset: DatasetSettings, data: DataSettings, tokenizer: PreTrainedTokenizerBase, template: Template
+    dataset: DatasetSettings,
+    data: DataSettings,
+    tokenizer: PreTrainedTokenizerBase,
+    template: Template,
+    map_fn: MapFn | None = None,
 ) -> Path:
     """The cache entry for this exact input: data bytes, map function, template, tokenizer and options."""
     digest = hashlib.sha256()
@@ -233,11 +266,14 @@ def _cache_path(
             with file.open("rb") as f:
                 while chunk := f.read(1 << 20):
                     digest.update(chunk)
-    map_fn = get_map_fn(dataset.format)
-    try:
-        map_source = inspect.getsource(map_fn)
-    except (OSError, TypeError):
-        map_source = f"{map_fn.__module__}.{map_fn.__qualname__}"
+    if map_fn is not None:  # a configured map function (a dataclass): its code and its settings
+        map_source = inspect.getsource(type(map_fn)) + repr(map_fn)
+    else:
+        map_fn = get_map_fn(dataset.format)
+        try:
+            map_source = inspect.getsource(map_fn)
+        except (OSError, TypeError):
+            map_source = f"{map_fn.__module__}.{map_fn.__qualname__}"
     options = {
         "version": xtune.__version__,
         "format": dataset.format,
