@@ -95,7 +95,8 @@ def image_session(
     try:
         processor = AutoProcessor.from_pretrained(source, local_files_only=True).image_processor
     except (OSError, ValueError) as e:
-        raise ConfigError(f"{source}: no LLaVA processor files (processor_config.json) to read images with: {e}") from None
+        message = f"{source}: no LLaVA processor files (processor_config.json) to read images with: {e}"
+        raise ConfigError(message) from None
     session = ImageChatSession(model, tokenizer, template, settings, processor, system)
     session.set_images([load_image(str(Path(p).expanduser())) for p in images])
     return session

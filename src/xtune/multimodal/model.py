@@ -45,7 +45,7 @@ BASE_FILE = "xtune_base.json"  # in a base_model directory: what it was assemble
 # Never quantised: the vision encoder and projector are small, and the head must stay exact.
 NOT_QUANTISED = ["vision_tower", "multi_modal_projector", "lm_head"]
 # Processor files written next to every trained model and export, so AutoProcessor loads them.
-PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 
 def vision_config(settings: VisionSettings) -> PretrainedConfig:

@@ -30,11 +30,11 @@ class Shape:
 
 
 def draw(colour: str, shape: str, rng: random.Random, size: int = 32) -> Image.Image:
-    """One shape of random size and position on a plain light or dark grey background."""
+    """One large shape, roughly centred, of random size and offset on a plain light or dark grey background."""
     background = rng.choice([rng.randint(0, 70), rng.randint(170, 255)])
     image = Image.new("RGB", (size, size), (background,) * 3)
-    extent = rng.randint(size * 11 // 32, size * 20 // 32)
-    x, y = rng.randint(1, size - extent - 1), rng.randint(1, size - extent - 1)
+    extent = rng.randint(size * 20 // 32, size * 26 // 32)
+    x, y = (rng.randint(1, size - extent - 1) for _ in range(2))
     pen, fill = ImageDraw.Draw(image), COLOURS[colour]
     if shape == "circle":
         pen.ellipse([x, y, x + extent, y + extent], fill=fill)
