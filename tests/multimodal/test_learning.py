@@ -71,12 +71,14 @@ def test_stage_outputs(trained):
     assert not (stage1 / "adapter_model.safetensors").exists() and not (stage1 / "model.safetensors").exists()
     adapter_config = json.loads((stage2 / "adapter_config.json").read_text())
     assert adapter_config["modules_to_save"] == ["multi_modal_projector"]
-    assert all("language_model" in t for t in adapter_config["target_modules"])
+    adapted = {name for name, module in trained.stage2.model.named_modules() if hasattr(module, "lora_A")}
+    assert adapted and all(".language_model." in name for name in adapted)  # vision.lora is off
     from safetensors.torch import load_file
 
+    # transformers writes LLaVA in the llava-hf checkpoint layout (multi_modal_projector.*, language_model.*)
     base = load_file(trained.root / "lora_finetune" / "base_model" / "model.safetensors")
     projector = load_file(stage1 / "projector.safetensors")
-    assert torch.equal(base["model.multi_modal_projector.linear_1.weight"], projector["linear_1.weight"])
+    assert torch.equal(base["multi_modal_projector.linear_1.weight"], projector["linear_1.weight"])
 
 
 def test_learns_colour_and_shape(trained):
@@ -161,21 +163,10 @@ def test_merged_directory_gives_the_same_answers(trained, merged):
 def test_chat_cli_answers_about_the_image(trained, capsys):
     from xtune.cli import main
 
-    item = next(i for i in trained.heldout if True)
-    main(
-        [
-            "chat",
-            str(trained.stage2.final),
-            "--image",
-            str(trained.data / item["image"]),
-            "--greedy",
-            "--prompt",
-            QUESTIONS["colour"],
-            "--max-new-tokens",
-            "6",
-        ]
-    )
-    assert capsys.readouterr().out.strip() == trained.answers["colour"][0] if hasattr(trained, "answers") else True
+    item = trained.heldout[0]
+    image = str(trained.data / item["image"])
+    main(["chat", str(trained.stage2.final), "--image", image, "--greedy", "--prompt", QUESTIONS["colour"]])
+    assert capsys.readouterr().out.strip() == item["colour"]  # the right colour (this image's answer was right)
 
 
 def test_eval_mmbench_cli(trained, capsys):

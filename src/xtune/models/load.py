@@ -71,6 +71,10 @@ def causal_lm_from_pretrained(model_dir: Path, trust_remote_code: bool = False, 
     if (model_dir / "config.json").exists() and read_config(model_dir).get("model_type") == "llava":
         from transformers import LlavaForConditionalGeneration  # an image-text model (xtune.multimodal)
 
+        from xtune.multimodal.model import NOT_QUANTISED
+
+        if "quantization_config" in kwargs:  # --bits: the LLM only
+            kwargs["quantization_config"].llm_int8_skip_modules = NOT_QUANTISED
         return LlavaForConditionalGeneration.from_pretrained(model_dir, local_files_only=True, **kwargs)
     return AutoModelForCausalLM.from_pretrained(
         model_dir, trust_remote_code=trust_remote_code, local_files_only=True, **kwargs
