@@ -172,3 +172,15 @@ def test_group_by_modality_length():
     for batch in epoch_batches(lengths, 4, seed=0, epoch=0, shuffle=True, group_by_length=True):
         assert len({bool(rows[i].images) for i in batch}) == 1
     assert group_lengths([Row(input_ids=[0] * 3)]) == [3]
+
+
+def test_log_dataset_shows_where_the_image_tokens_sit(folder, tokenizer):
+    from rich.console import Console
+
+    from xtune.data.preview import log_dataset
+
+    console = Console(record=True, width=200)
+    log_dataset(config(folder, [record("a", "red.png")]), tokenizer, console)
+    out = console.export_text()
+    assert f"images: {folder / 'red.png'}; {TOKENS} image tokens at " in out
+    assert f"<|im_start|>user\n<image>x{TOKENS}\nWhat colour?" in out

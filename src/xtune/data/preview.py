@@ -113,15 +113,15 @@ def log_dataset(
                 )
             )
             continue
-        images = ""
-        if sample.images:
-            from xtune.multimodal.data import describe_image_tokens
-
-            images = f", {describe_image_tokens(sample.input_ids, tokenizer)} ({', '.join(sample.images)})"
         console.rule(
             f"{dataset.path} record {record_index}: {len(sample.input_ids)} tokens, "
-            f"{sum(label != IGNORE_INDEX for label in sample.labels)} trained{images}"
+            f"{sum(label != IGNORE_INDEX for label in sample.labels)} trained"
         )
+        if sample.images:  # where the image features will replace the image tokens
+            from xtune.multimodal.data import describe_image_tokens
+
+            where = describe_image_tokens(sample.input_ids, tokenizer)
+            console.print(f"images: {', '.join(sample.images)}; {where}", highlight=False, soft_wrap=True)
         if show in ("text", "all"):
             console.print(Text(tokenizer.decode(sample.input_ids)))
         if show in ("masked", "all"):
