@@ -55,6 +55,10 @@ def _config_and_tokenizer(args: argparse.Namespace):
     from xtune.models import load_tokenizer
 
     cfg, _ = resolve_config(args.config, args.set or [])
+    if cfg.model.vision is not None:  # with the image token
+        from xtune.multimodal.model import multimodal_tokenizer
+
+        return cfg, multimodal_tokenizer(cfg.model)
     return cfg, load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
 
 
@@ -139,6 +143,17 @@ def cmd_convert_merge(args: argparse.Namespace) -> None:
     print(f"merged model written to {out}")
 
 
+def cmd_eval_mmbench(args: argparse.Namespace) -> None:
+    from xtune.multimodal.mmbench import run
+
+    scores = run(args.model, args.tsv, args.max_new_tokens, args.out)
+    if "all" not in scores:
+        print("no question has an answer (a test split?): nothing to score")
+        return
+    for key, accuracy in sorted(scores.items(), key=lambda kv: kv[0] != "all"):
+        print(f"{'accuracy' if key == 'all' else key}: {accuracy:.2%}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xtune", description="Fine-tune LLMs with one config file.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -220,9 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="do not describe the tools in the prompt (a model fine-tuned without the list); default: as trained",
     )
+    p.add_argument("--image", action="append", help="an image to talk about (LLaVA models; repeat for several)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("eval-mmbench", help="score a LLaVA model on a multiple-choice image TSV (MMBench layout)")
+    p.add_argument("model", help="a LLaVA output: stage 1 or 2 final directory, or a merged model")
+    p.add_argument("tsv", help="index, question, hint, A-D, answer, image (base64), category")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--out", help="write each question's reply and choice here (JSON lines)")
+    p.set_defaults(func=cmd_eval_mmbench)
 
     p = sub.add_parser("convert", help="convert or merge models")
     convert = p.add_subparsers(dest="convert_command", required=True)

@@ -140,7 +140,7 @@ def test_sampling_is_reproducible_with_a_seeded_generator(model, tiny_tokenizer)
 def test_chat_session_keeps_history_and_reset_clears_it(model, tiny_tokenizer, monkeypatch):
     prompts, prompt_ids = [], []
 
-    def recording_generate(model_, tokenizer, input_ids, settings, on_text=None):
+    def recording_generate(model_, tokenizer, input_ids, settings, on_text=None, model_inputs=None):
         prompt_ids.append(input_ids)
         prompts.append(tokenizer.decode(input_ids, skip_special_tokens=False))
         return generate(model_, tokenizer, input_ids, settings, on_text)
@@ -187,7 +187,7 @@ def scripted(monkeypatch, replies: list[str]) -> list[str]:
     """Replace generation with `replies` in turn; returns the list the prompts are recorded in."""
     prompts, queue = [], list(replies)
 
-    def fake_generate(model_, tokenizer, input_ids, settings, on_text=None):
+    def fake_generate(model_, tokenizer, input_ids, settings, on_text=None, model_inputs=None):
         prompts.append(tokenizer.decode(input_ids, skip_special_tokens=False))
         return queue.pop(0)
 

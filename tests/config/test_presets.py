@@ -15,6 +15,18 @@ EXPECTED_TEMPLATE = {"internlm2": "internlm2_chat", "qwen2": "qwen_chat", "llama
 EXPECTED_FORMAT = {"alpaca": "alpaca", "oasst1": "oasst1"}
 
 
+LLAVA_NAMES = {
+    "llava_internlm2_chat_1_8b_clip_vit_large_p14_336_e1_gpu8_pretrain",
+    "llava_internlm2_chat_1_8b_qlora_clip_vit_large_p14_336_lora_e1_gpu8_finetune",
+}
+LLAVA_STAGE1 = {  # stage 2 preset -> the stage 1 preset whose projector it starts from
+    "llava_internlm2_chat_1_8b_qlora_clip_vit_large_p14_336_lora_e1_gpu8_finetune": (
+        "llava_internlm2_chat_1_8b_clip_vit_large_p14_336_e1_gpu8_pretrain"
+    ),
+    "tiny_llava_lora_finetune": "tiny_llava_pretrain",
+}
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_validates(name):
     cfg, work_name = resolve_config(name)
@@ -25,6 +37,7 @@ def test_every_preset_validates(name):
 def test_every_family_method_dataset_combination_is_a_preset():
     expected = {f"{f}_{m}_{d}_e3" for f in FAMILIES for m in METHODS for d in DATASETS}
     expected |= {f"tiny_assistant_{m}" for m in TINY_METHODS}
+    expected |= {"tiny_llava_pretrain", "tiny_llava_lora_finetune", *LLAVA_NAMES}
     assert set(PRESETS) == expected
     # the XTuner names users know
     assert "internlm2_chat_7b_qlora_oasst1_e3" in PRESETS
@@ -42,6 +55,15 @@ def test_preset_names_match_their_contents():
         if name.startswith("tiny_assistant_"):
             assert cfg.model.method == name.removeprefix("tiny_assistant_")
             assert cfg.training.epochs is None and cfg.training.max_steps
+            continue
+        if "llava" in name:  # stage 1 trains the projector alone, stage 2 starts from its output
+            assert cfg.model.vision is not None and {d.format for d in cfg.data.datasets} == {"llava"}
+            pretrain = name.endswith("_pretrain")
+            assert cfg.model.method == ("frozen" if pretrain else "qlora" if "qlora" in name else "lora")
+            assert (cfg.model.vision.projector_path is None) == pretrain
+            if not pretrain:
+                assert cfg.model.vision.projector_path == f"work_dirs/{LLAVA_STAGE1[name]}/final"
+            assert cfg.model.vision.lora == ("_lora_e1" in name)
             continue
         match = pattern.match(name)
         assert match, f"{name} does not follow <family>_<method>_<dataset>_e3"

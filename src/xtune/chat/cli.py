@@ -12,7 +12,7 @@ import yaml
 from xtune.chat.generate import GenerationSettings
 from xtune.chat.session import ChatSession
 from xtune.chat.tools import ToolResult, build_registry
-from xtune.models.load import load_for_inference
+from xtune.errors import XtuneError
 from xtune.templates import resolve_template
 from xtune.templates.tool_calls import ToolCall
 from xtune.train.recipe import CONFIG_FILE
@@ -22,7 +22,9 @@ HELP = "Type a message. RESET clears the history, EXIT quits."
 
 def run_chat(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
-    model, tokenizer, source = load_for_inference(args.model, args.adapter, args.bits, args.trust_remote_code)
+    from xtune.multimodal.chat import image_session, is_llava, load_llava_for_inference
+
+    model, tokenizer, source = load_llava_for_inference(args.model, args.adapter, args.bits, args.trust_remote_code)
     trained = yaml.safe_load((source / CONFIG_FILE).read_text()) if (source / CONFIG_FILE).exists() else {}
     template_name = args.template or trained.get("data", {}).get("template")
     template = resolve_template(template_name, tokenizer) if template_name else None
@@ -40,16 +42,22 @@ def run_chat(args: argparse.Namespace) -> None:
     names = names or evaluation.get("tools") or []
     tools = build_registry(names, args.search_docs or evaluation.get("search_docs")) if names else None
     list_tools = args.list_tools if args.list_tools is not None else evaluation.get("list_tools", True)
-    session = ChatSession(
-        model,
-        tokenizer,
-        template,
-        settings,
-        system=system,
-        tools=tools,
-        max_tool_rounds=args.max_tool_rounds,
-        list_tools=list_tools,
-    )
+    images = getattr(args, "image", None) or []
+    if images or is_llava(model):  # a LLaVA answers about --image (or without one, text only)
+        if tools is not None:
+            raise XtuneError("--tools is for text models; a LLaVA chat answers about its --image")
+        session = image_session(model, tokenizer, template, settings, source, images, system=system)
+    else:
+        session = ChatSession(
+            model,
+            tokenizer,
+            template,
+            settings,
+            system=system,
+            tools=tools,
+            max_tool_rounds=args.max_tool_rounds,
+            list_tools=list_tools,
+        )
 
     def stream(text: str) -> None:
         sys.stdout.write(text)

@@ -37,9 +37,11 @@ def generate(
     settings: GenerationSettings,
     on_text: Callable[[str], None] | None = None,
     generator: torch.Generator | None = None,
+    model_inputs: dict[str, torch.Tensor] | None = None,
 ) -> str:
     """Generate a reply to `input_ids`; returns it without the stop word. `on_text` receives text as it
-    becomes final (held back while it could still be the start of a stop word)."""
+    becomes final (held back while it could still be the start of a stop word). `model_inputs` go with the
+    prompt's forward only (a LLaVA's pixel_values: their features then live in the KV cache)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -50,10 +52,12 @@ def generate(
     cache_arg = "cache" if "cache" in inspect.signature(causal_lm(model).forward).parameters else "past_key_values"
     cache, new_ids, emitted = None, [], 0
     text = ""
+    first = {k: v.to(device) for k, v in (model_inputs or {}).items()}
     hold = max((len(w) for w in settings.stop_words), default=1) - 1
     try:
         for _ in range(settings.max_new_tokens):
-            out = model(input_ids=ids, use_cache=True, **{cache_arg: cache})
+            out = model(input_ids=ids, use_cache=True, **{cache_arg: cache}, **first)
+            first = {}
             cache = getattr(out, cache_arg)
             token = _next_token(out.logits[0, -1], settings, generator)
             if token == tokenizer.eos_token_id:

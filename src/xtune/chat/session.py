@@ -65,6 +65,10 @@ class ChatSession:
         )
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
+    def model_inputs(self) -> dict[str, torch.Tensor] | None:
+        """Inputs besides the prompt's ids for the model's first forward (an image session's pixels)."""
+        return None
+
     def ask(
         self,
         prompt: str,
@@ -77,7 +81,8 @@ class ChatSession:
         self.history.append({"role": "user", "content": prompt})
         rounds = 0
         while True:
-            reply = generate(self.model, self.tokenizer, self.prompt_ids(self.history), self.settings, on_text)
+            ids = self.prompt_ids(self.history)
+            reply = generate(self.model, self.tokenizer, ids, self.settings, on_text, model_inputs=self.model_inputs())
             content, calls = split_reply(reply, self.template.tool_style) if self.tools is not None else (reply, [])
             if not calls or rounds == self.max_tool_rounds:
                 self.history.append({"role": "assistant", "content": reply})

@@ -25,9 +25,24 @@ class LoraSettings(_Section):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
+class VisionSettings(_Section):
+    """LLaVA: a vision encoder whose patch features a projector maps into the LLM's embedding space."""
+
+    path: str = Field(description="Local CLIP or SigLIP directory (or builtin:tiny-clip).")
+    random_init: bool = False
+    feature_layer: int = Field(-2, description="Hidden-state layer the image features come from.")
+    # default: drop the first token (CLIP's CLS); full: keep every token. None: default for CLIP, full for SigLIP.
+    select_strategy: Literal["default", "full"] | None = None
+    # The Hugging Face LLaVA format, which xtune trains and exports, fixes the projector at Linear-GELU-Linear.
+    projector_depth: Literal[2] = 2
+    projector_path: str | None = Field(None, description="Stage 1's output (or its projector.safetensors).")
+    lora: bool = Field(False, description="LoRA on the vision encoder too (stage 2 with method lora/qlora).")
+
+
 class ModelSettings(_Section):
     path: str = Field(description="Local model directory (or a builtin: asset such as builtin:tiny-llama).")
-    method: Literal["full", "lora", "qlora"] = "lora"
+    # frozen: the LLM is not trained at all (LLaVA stage 1: only the projector trains; needs model.vision).
+    method: Literal["full", "lora", "qlora", "frozen"] = "lora"
     lora: LoraSettings = LoraSettings()
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # auto: transformers' choice for the model (SDPA where supported). All keep packed samples apart.
@@ -39,6 +54,13 @@ class ModelSettings(_Section):
     )
     # Build the weights from config.json with a seeded random init instead of loading them (tiny demos, tests).
     random_init: bool = False
+    vision: VisionSettings | None = Field(None, description="Makes the model a LLaVA (xtune.multimodal).")
+
+    @model_validator(mode="after")
+    def _frozen_needs_vision(self) -> ModelSettings:
+        if self.method == "frozen" and self.vision is None:
+            raise ValueError("method frozen trains only a projector: it needs a model.vision section")
+        return self
 
 
 class DatasetSettings(_Section):
@@ -48,6 +70,7 @@ class DatasetSettings(_Section):
     max_dataset_length: int | None = Field(None, gt=0, description="Use at most this many samples (seeded).")
     repeat: float | None = Field(None, gt=0, description="Use each sample this many times (2.5: twice, plus half).")
     weight: float | None = Field(None, gt=0, description="Share of the mixture, relative to other datasets.")
+    image_folder: str | None = Field(None, description="Image formats (llava): where record image paths start.")
 
     @model_validator(mode="after")
     def _repeat_or_weight(self) -> DatasetSettings:
@@ -69,6 +92,8 @@ class DataSettings(_Section):
         None, ge=1, description="Tokenizer processes; default: one per core (up to 8) from 50k records on, else 1."
     )
     cache_dir: str | None = Field(None, description="Default: $XTUNE_CACHE or ~/.cache/xtune.")
+    pad_image_to_square: bool = Field(False, description="Pad images to square with the mean colour (LLaVA 1.5).")
+    skip_bad_images: bool = Field(False, description="Skip (and count) records whose images fail; default: stop.")
 
 
 class TrainingSettings(_Section):
@@ -120,6 +145,12 @@ class Config(_Section):
     saving: SavingSettings = SavingSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     work_dir: str | None = Field(None, description="Defaults to work_dirs/<config name>.")
+
+    @model_validator(mode="after")
+    def _images_unpacked(self) -> Config:
+        if self.model.vision is not None and self.data.pack_to_max_length:
+            raise ValueError("data.pack_to_max_length is not supported with model.vision; use group_by_length")
+        return self
 
 
 class _Loader(yaml.SafeLoader):

@@ -20,7 +20,7 @@ import xtune
 from xtune.assets import resolve_path
 from xtune.config.schema import DatasetSettings, DataSettings
 from xtune.data.encode import EncodedSample, encode_batch, has_trained_tokens, sample_segments
-from xtune.data.formats import RecordError, get_map_fn
+from xtune.data.formats import MapFn, RecordError, get_map_fn
 from xtune.data.loading import load_records, record_location
 from xtune.data.packing import Row, fill_ratio, pack, single_rows
 from xtune.errors import DataError
@@ -84,37 +84,52 @@ class TrainingData:
 class _RecordEncoder:
     """Map, template and tokenize a batch of records (columns, as `datasets` hands them), in this process or in a
     `datasets.map` worker. A bad record becomes an error message in its row rather than an exception, so the
-    caller reports the first one in file order, wherever it was found."""
+    caller reports the first one in file order, wherever it was found; a record the map function marks skippable
+    gets its reason instead."""
 
-    def __init__(self, dataset: DatasetSettings, data: DataSettings, tokenizer: PreTrainedTokenizerBase, template):
+    def __init__(
+        self,
+        dataset: DatasetSettings,
+        data: DataSettings,
+        tokenizer: PreTrainedTokenizerBase,
+        template: Template,
+        map_fn: MapFn | None = None,
+    ):
         self.path, self.format = resolve_path(dataset.path), dataset.format
-        self.map_fn = get_map_fn(dataset.format)
+        self.map_fn = map_fn or get_map_fn(dataset.format)
         self.template, self.tokenizer, self.max_length = template, tokenizer, data.max_length
         self.system = dataset.system if dataset.system is not None else data.system
 
     def __call__(self, columns: dict[str, list], indices: list[int]) -> dict[str, list]:
         records = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
-        errors, good = [""] * len(records), []
+        n = len(records)
+        out: dict[str, list] = {"input_ids": [[]] * n, "labels": [[]] * n, "truncated": [False] * n}
+        out.update(images=[[]] * n, error=[""] * n, skip=[""] * n)
+        good = []
         for row, (index, record) in enumerate(zip(indices, records, strict=True)):
             try:
-                good.append((row, sample_segments(self.map_fn(record), self.template, self.tokenizer, self.system)))
+                mapped = self.map_fn(record)
+                good.append((row, sample_segments(mapped, self.template, self.tokenizer, self.system)))
+                out["images"][row] = mapped.get("images", [])
             except (RecordError, KeyError, TypeError, ValueError) as e:
+                if getattr(e, "skip_reason", None):
+                    out["skip"][row] = e.skip_reason
+                    continue
                 key = getattr(e, "key", None) or (e.args[0] if isinstance(e, KeyError) else None)
                 detail = f"missing key {key!r}" if isinstance(e, KeyError) else str(e)
-                errors[row] = (
+                out["error"][row] = (
                     f"{record_location(self.path, index)}: {detail} (format {self.format!r}, keys present: "
                     f"{', '.join(record) or 'none'}). Fix the record or choose the format that matches your data "
                     "(`xtune list-dataset-format`)."
                 )
         encoded = encode_batch([segments for _, segments in good], self.tokenizer, self.max_length) if good else []
-        out = {"input_ids": [[]] * len(records), "labels": [[]] * len(records), "truncated": [False] * len(records)}
         for (row, _), sample in zip(good, encoded, strict=True):
             out["input_ids"][row], out["labels"][row], out["truncated"][row] = (
                 sample.input_ids,
                 sample.labels,
                 sample.truncated,
             )
-        return {**out, "error": errors}
+        return out
 
 
 PARALLEL_MIN_RECORDS = 50_000  # below this, starting worker processes costs more than it saves
@@ -132,13 +147,18 @@ def encode_records(
     tokenizer: PreTrainedTokenizerBase,
     template: Template | None = None,
     on_error: Callable[[DataError], None] | None = None,
+    map_fn: MapFn | None = None,
+    on_skip: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[int, EncodedSample]]:
     """(record index, encoded sample) for every record of one dataset, in file order. A bad record raises a
-    DataError naming file, line and key, or, with `on_error`, is reported there and skipped.
+    DataError naming file, line and key, or, with `on_error`, is reported there and skipped. `map_fn` replaces
+    the dataset's format (formats that need settings, such as xtune.multimodal's); a record it marks skippable
+    is dropped and its reason passed to `on_skip`.
 
     With several workers (data.num_proc) the records are encoded by `datasets.map` in worker processes first;
     in one process they are encoded lazily, batch by batch, so a preview of the first samples stays quick."""
-    encoder = _RecordEncoder(dataset, data, tokenizer, template or resolve_template(data.template, tokenizer))
+    template = template or resolve_template(data.template, tokenizer)
+    encoder = _RecordEncoder(dataset, data, tokenizer, template, map_fn)
     records = load_records(encoder.path)
     workers = tokenizer_workers(data.num_proc, len(records))
     if workers > 1:
@@ -161,29 +181,37 @@ def encode_records(
         )
     index = 0
     for columns in batches:
-        for ids, labels, truncated, error in zip(
-            *(columns[k] for k in ("input_ids", "labels", "truncated", "error")), strict=True
-        ):
-            if error:
+        fields = ("input_ids", "labels", "truncated", "images", "error", "skip")
+        for ids, labels, truncated, images, error, skip in zip(*(columns[k] for k in fields), strict=True):
+            if skip:
+                if on_skip is not None:
+                    on_skip(skip)
+            elif error:
                 if on_error is None:
                     raise DataError(error)
                 on_error(DataError(error))
             else:
-                yield index, EncodedSample(ids, labels, truncated)
+                yield index, EncodedSample(ids, labels, truncated, images)
             index += 1
 
 
 def tokenized_dataset(
-    dataset: DatasetSettings, data: DataSettings, tokenizer: PreTrainedTokenizerBase, template: Template | None = None
+    dataset: DatasetSettings,
+    data: DataSettings,
+    tokenizer: PreTrainedTokenizerBase,
+    template: Template | None = None,
+    map_fn: MapFn | None = None,
 ) -> tuple[list[EncodedSample], DatasetStats]:
     """The encoded samples of one dataset that have something to train on, from the on-disk cache when the
     data, tokenizer, template and options are unchanged."""
     template = template or resolve_template(data.template, tokenizer)
-    cache = _cache_path(dataset, data, tokenizer, template) if data.cache else None
+    cache = _cache_path(dataset, data, tokenizer, template, map_fn) if data.cache else None
     if cache is not None and (cache / "stats.json").exists():
         stats_raw = json.loads((cache / "stats.json").read_text())
         columns = datasets.load_from_disk(str(cache / "samples")).to_dict()
-        samples = [EncodedSample(i, lab, t) for i, lab, t in zip(*columns.values(), strict=True)]
+        images = columns.get("images") or [[] for _ in columns["input_ids"]]
+        rows = zip(columns["input_ids"], columns["labels"], columns["truncated"], images, strict=True)
+        samples = [EncodedSample(i, lab, t, list(im)) for i, lab, t, im in rows]
         stats = DatasetStats(
             stats_raw["samples"],
             stats_raw["tokens"],
@@ -194,7 +222,11 @@ def tokenized_dataset(
         return samples, stats
 
     samples, stats = [], DatasetStats()
-    for _, sample in encode_records(dataset, data, tokenizer, template):
+
+    def count_skipped(reason: str) -> None:
+        stats.dropped[reason] += 1
+
+    for _, sample in encode_records(dataset, data, tokenizer, template, map_fn=map_fn, on_skip=count_skipped):
         if not has_trained_tokens(sample):
             stats.dropped["nothing to train within max_length" if sample.truncated else "nothing to train"] += 1
             continue
@@ -210,6 +242,8 @@ def tokenized_dataset(
                 "labels": [s.labels for s in samples],
                 "truncated": [s.truncated for s in samples],
             }
+            if any(s.images for s in samples):
+                columns["images"] = [s.images for s in samples]
             datasets.Dataset.from_dict(columns).save_to_disk(str(tmp / "samples"))
             stats_raw = {
                 "samples": stats.samples,
@@ -228,13 +262,19 @@ def tokenized_dataset(
 
 
 def build_training_data(
-    data: DataSettings, tokenizer: PreTrainedTokenizerBase, template: Template | None = None, seed: int = 0
+    data: DataSettings,
+    tokenizer: PreTrainedTokenizerBase,
+    template: Template | None = None,
+    seed: int = 0,
+    map_fn_of: Callable[[DatasetSettings], MapFn] | None = None,
 ) -> TrainingData:
-    """`template` is the resolved data.template (see xtune.templates.resolve_template); resolved here if None."""
+    """`template` is the resolved data.template (see xtune.templates.resolve_template); resolved here if None.
+    `map_fn_of` gives each dataset's map function when the formats need settings (xtune.multimodal)."""
     rng = random.Random(seed)
     parts, all_stats = [], {}
     for dataset in data.datasets:
-        samples, stats = tokenized_dataset(dataset, data, tokenizer, template)
+        map_fn = map_fn_of(dataset) if map_fn_of else None
+        samples, stats = tokenized_dataset(dataset, data, tokenizer, template, map_fn)
         if dataset.max_dataset_length is not None and len(samples) > dataset.max_dataset_length:
             samples = rng.sample(samples, dataset.max_dataset_length)
         parts.append(samples)
@@ -272,7 +312,11 @@ def cache_root(data: DataSettings) -> Path:
 
 
 def _cache_path(
-    dataset: DatasetSettings, data: DataSettings, tokenizer: PreTrainedTokenizerBase, template: Template
+    dataset: DatasetSettings,
+    data: DataSettings,
+    tokenizer: PreTrainedTokenizerBase,
+    template: Template,
+    map_fn: MapFn | None = None,
 ) -> Path:
     """The cache entry for this exact input: data bytes, map function, template, tokenizer and options."""
     digest = hashlib.sha256()
@@ -283,11 +327,14 @@ def _cache_path(
             with file.open("rb") as f:
                 while chunk := f.read(1 << 20):
                     digest.update(chunk)
-    map_fn = get_map_fn(dataset.format)
-    try:
-        map_source = inspect.getsource(map_fn)
-    except (OSError, TypeError):
-        map_source = f"{map_fn.__module__}.{map_fn.__qualname__}"
+    if map_fn is not None:  # a configured map function (a dataclass): its code and its settings
+        map_source = inspect.getsource(type(map_fn)) + repr(map_fn)
+    else:
+        map_fn = get_map_fn(dataset.format)
+        try:
+            map_source = inspect.getsource(map_fn)
+        except (OSError, TypeError):
+            map_source = f"{map_fn.__module__}.{map_fn.__qualname__}"
     options = {
         "version": xtune.__version__,
         "format": dataset.format,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
@@ -23,6 +23,7 @@ class EncodedSample:
     input_ids: list[int]
     labels: list[int]
     truncated: bool = False
+    images: list[str] = field(default_factory=list)  # image files, in the order of their tokens (multimodal)
 
 
 def sample_segments(

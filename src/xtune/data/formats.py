@@ -24,11 +24,13 @@ ROLES = ("system", "user", "assistant", "tool")
 
 
 class RecordError(ValueError):
-    """A record that a map function cannot convert; `key` names the field at fault."""
+    """A record that a map function cannot convert; `key` names the field at fault. With a `skip_reason` the
+    config allows dropping the record: it is skipped and counted under that reason instead of stopping the run."""
 
-    def __init__(self, message: str, key: str | None = None):
+    def __init__(self, message: str, key: str | None = None, skip_reason: str | None = None):
         super().__init__(message)
         self.key = key
+        self.skip_reason = skip_reason
 
 
 def _text(record: dict, key: str, required: bool = True) -> str:

@@ -22,11 +22,13 @@ class Row:
     input_ids: list[int] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     position_ids: list[int] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
 
     def add(self, sample: EncodedSample) -> None:
         self.input_ids += sample.input_ids
         self.labels += sample.labels
         self.position_ids += range(len(sample.input_ids))
+        self.images += sample.images
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -99,6 +101,14 @@ def needs_flat_batches(model: torch.nn.Module) -> bool:
     """Whether the model attends with a varlen flash-attention kernel (see collate)."""
     implementation = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
     return "flash" in implementation
+
+
+def group_lengths(rows: Sequence[Row]) -> list[int]:
+    """The lengths group_by_length sorts by. Where some rows have images, text-only rows count negative (LLaVA's
+    "modality length"): sorted longest first, image rows and text rows then fall into separate batches."""
+    if not any(r.images for r in rows):
+        return [len(r) for r in rows]
+    return [len(r) if r.images else -len(r) for r in rows]
 
 
 def epoch_batches(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from itertools import groupby, islice
 
@@ -20,15 +21,33 @@ from xtune.templates import config_template
 HISTOGRAM_BINS = 8
 
 
+def dataset_map_fns(cfg: Config):
+    """Each dataset's map function: image formats need the vision settings (xtune.multimodal); None: its format."""
+    if cfg.model.vision is None:
+        return lambda dataset: None
+    from xtune.multimodal.data import map_fn_of
+    from xtune.multimodal.model import image_token_count
+
+    return map_fn_of(cfg, image_token_count(cfg.model.vision))
+
+
 def check_dataset(cfg: Config, tokenizer: PreTrainedTokenizerBase, console: Console) -> int:
     """Read every record of every dataset; report counts, lengths, truncation and every bad record.
     Returns the number of bad records (the command's exit status is non-zero when there are any)."""
     total_errors = 0
     template = config_template(cfg, tokenizer)
+    map_fn_of = dataset_map_fns(cfg)
     for dataset in cfg.data.datasets:
         errors: list[DataError] = []
         lengths, truncated, dropped = [], 0, Counter()
-        for _, sample in encode_records(dataset, cfg.data, tokenizer, template, on_error=errors.append):
+
+        def count_skipped(reason: str, dropped: Counter = dropped) -> None:
+            dropped[reason] += 1
+
+        records = encode_records(
+            dataset, cfg.data, tokenizer, template, errors.append, map_fn_of(dataset), on_skip=count_skipped
+        )
+        for _, sample in records:
             if not has_trained_tokens(sample):
                 dropped["nothing to train within max_length" if sample.truncated else "nothing to train"] += 1
                 continue
@@ -74,7 +93,8 @@ def log_dataset(
 ) -> None:
     """Print encoded samples: text, the text with trained spans highlighted, ids and/or labels."""
     dataset = cfg.data.datasets[0]
-    samples = encode_records(dataset, cfg.data, tokenizer, config_template(cfg, tokenizer))
+    map_fn = dataset_map_fns(cfg)(dataset)
+    samples = encode_records(dataset, cfg.data, tokenizer, config_template(cfg, tokenizer), map_fn=map_fn)
     chosen = islice(((i, s) for i, s in samples if index is None or i == index), count)
     found = False
     for record_index, sample in chosen:
@@ -87,6 +107,7 @@ def log_dataset(
                         "text": tokenizer.decode(sample.input_ids),
                         "input_ids": sample.input_ids,
                         "labels": sample.labels,
+                        **({"images": sample.images} if sample.images else {}),
                     },
                     ensure_ascii=False,
                 )
@@ -96,6 +117,11 @@ def log_dataset(
             f"{dataset.path} record {record_index}: {len(sample.input_ids)} tokens, "
             f"{sum(label != IGNORE_INDEX for label in sample.labels)} trained"
         )
+        if sample.images:  # where the image features will replace the image tokens
+            from xtune.multimodal.data import describe_image_tokens
+
+            where = describe_image_tokens(sample.input_ids, tokenizer)
+            console.print(f"images: {', '.join(sample.images)}; {where}", highlight=False, soft_wrap=True)
         if show in ("text", "all"):
             console.print(Text(tokenizer.decode(sample.input_ids)))
         if show in ("masked", "all"):
@@ -116,5 +142,11 @@ def masked_text(sample: EncodedSample, tokenizer: PreTrainedTokenizerBase) -> Te
     pairs = zip(sample.input_ids, sample.labels, strict=True)
     for trained, group in groupby(pairs, key=lambda p: p[1] != IGNORE_INDEX):
         ids = [token for token, _ in group]
-        text.append(tokenizer.decode(ids), style="bold green" if trained else "dim")
+        decoded = tokenizer.decode(ids)
+        if sample.images:  # a run of hundreds of image tokens, shown as one marker with its count
+            decoded = IMAGE_RUN.sub(lambda m: f"<image>x{len(m.group(0)) // len('<image>')}", decoded)
+        text.append(decoded, style="bold green" if trained else "dim")
     return text
+
+
+IMAGE_RUN = re.compile(r"(?:<image>)+")

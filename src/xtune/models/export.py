@@ -12,7 +12,7 @@ import yaml
 from xtune.errors import ConfigError
 from xtune.io import write_atomically
 from xtune.models.internlm2 import is_internlm2, read_config, save_as_internlm2
-from xtune.models.load import load_for_inference, resolve_model_dir
+from xtune.models.load import load_for_inference, load_tokenizer, resolve_model_dir
 
 CONFIG_FILE = "xtune_config.yaml"
 
@@ -34,10 +34,20 @@ def merge_adapter(
             f"--save-format original is for InternLM2 bases; {base_dir} is a "
             f"{original.get('model_type')!r} model, whose standard layout is already its own"
         )
-    model, tokenizer, source = load_for_inference(
-        base, adapter=adapter, trust_remote_code=trust_remote_code, device=torch.device("cpu"), dtype="auto"
-    )  # dtype auto: keep the checkpoint's
-    merged = model.merge_and_unload()
+    from xtune.multimodal.model import PROCESSOR_FILES, load_projector
+    from xtune.multimodal.train import is_projector_dir
+
+    adapter_dir = resolve_model_dir(adapter)
+    if is_projector_dir(adapter_dir):  # LLaVA stage 1: a trained projector for the base, no adapter
+        merged, _, _ = load_for_inference(base, trust_remote_code=trust_remote_code, device=torch.device("cpu"))
+        load_projector(merged, adapter_dir)
+        tokenizer, source = load_tokenizer(adapter_dir), adapter_dir
+    else:
+        model, tokenizer, source = load_for_inference(
+            base, adapter=adapter, trust_remote_code=trust_remote_code, device=torch.device("cpu"), dtype="auto"
+        )  # dtype auto: keep the checkpoint's
+        merged = model.merge_and_unload()
+    multimodal = merged.config.model_type == "llava"
 
     def write(tmp: Path) -> None:
         if original is not None:
@@ -45,14 +55,15 @@ def merge_adapter(
         else:
             merged.save_pretrained(tmp, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(tmp)
-        if (source / CONFIG_FILE).exists():
-            shutil.copy(source / CONFIG_FILE, tmp / CONFIG_FILE)
-        (tmp / "README.md").write_text(model_card(base, adapter, source), encoding="utf-8")
+        for name in (CONFIG_FILE, *PROCESSOR_FILES):  # a LLaVA's processor files: AutoProcessor loads OUT
+            if (source / name).exists():
+                shutil.copy(source / name, tmp / name)
+        (tmp / "README.md").write_text(model_card(base, adapter, source, multimodal), encoding="utf-8")
 
     return write_atomically(Path(out), write)
 
 
-def model_card(base: str, adapter: str, source: Path) -> str:
+def model_card(base: str, adapter: str, source: Path, multimodal: bool = False) -> str:
     """A short README.md for an exported model: where it came from and how it was trained."""
     trained = yaml.safe_load((source / CONFIG_FILE).read_text()) if (source / CONFIG_FILE).exists() else {}
     model, data = trained.get("model") or {}, trained.get("data") or {}
@@ -76,9 +87,19 @@ def model_card(base: str, adapter: str, source: Path) -> str:
             "Load it with plain transformers:",
             "",
             "```python",
-            "from transformers import AutoModelForCausalLM, AutoTokenizer",
-            "model = AutoModelForCausalLM.from_pretrained(PATH)",
-            "tokenizer = AutoTokenizer.from_pretrained(PATH)",
+            *(
+                [
+                    "from transformers import AutoProcessor, LlavaForConditionalGeneration",
+                    "model = LlavaForConditionalGeneration.from_pretrained(PATH)",
+                    'processor = AutoProcessor.from_pretrained(PATH)  # prompts: "<image>\\n..." in the chat template',
+                ]
+                if multimodal
+                else [
+                    "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                    "model = AutoModelForCausalLM.from_pretrained(PATH)",
+                    "tokenizer = AutoTokenizer.from_pretrained(PATH)",
+                ]
+            ),
             "```",
             "",
         ]

@@ -68,6 +68,14 @@ def causal_lm_from_pretrained(model_dir: Path, trust_remote_code: bool = False, 
     implementation: their remote modeling code breaks with each transformers release."""
     if _is_internlm2_dir(model_dir):
         return load_internlm2_as_llama(model_dir, **kwargs)
+    if (model_dir / "config.json").exists() and read_config(model_dir).get("model_type") == "llava":
+        from transformers import LlavaForConditionalGeneration  # an image-text model (xtune.multimodal)
+
+        from xtune.multimodal.model import NOT_QUANTISED
+
+        if "quantization_config" in kwargs:  # --bits: the LLM only
+            kwargs["quantization_config"].llm_int8_skip_modules = NOT_QUANTISED
+        return LlavaForConditionalGeneration.from_pretrained(model_dir, local_files_only=True, **kwargs)
     return AutoModelForCausalLM.from_pretrained(
         model_dir, trust_remote_code=trust_remote_code, local_files_only=True, **kwargs
     )
@@ -182,9 +190,15 @@ def head_is_tied(model: PreTrainedModel) -> bool:
     return head is not None and head.weight is model.get_input_embeddings().weight
 
 
-def attach_adapters(model: PreTrainedModel, settings: ModelSettings, train_embeddings: bool = False) -> PreTrainedModel:
+def attach_adapters(
+    model: PreTrainedModel,
+    settings: ModelSettings,
+    train_embeddings: bool = False,
+    modules_to_save: list[str] = (),
+) -> PreTrainedModel:
     """LoRA/QLoRA adapters per the settings; with `train_embeddings` (new tokens) the embedding and head are
-    trained in full and saved with the adapter, so the new rows are learned and survive a merge."""
+    trained in full and saved with the adapter, so the new rows are learned and survive a merge. Modules named
+    in `modules_to_save` (LLaVA's projector) are also trained in full and saved with the adapter."""
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if settings.method == "full":
@@ -208,7 +222,7 @@ def attach_adapters(model: PreTrainedModel, settings: ModelSettings, train_embed
         lora_alpha=settings.lora.alpha,
         lora_dropout=settings.lora.dropout,
         target_modules=settings.lora.target_modules,
-        modules_to_save=embedding_module_names(model) if train_embeddings else None,
+        modules_to_save=[*(embedding_module_names(model) if train_embeddings else []), *modules_to_save] or None,
         # a tied head must use the trained copy of the embedding; otherwise it keeps the frozen rows (PEFT >= 0.18)
         ensure_weight_tying=train_embeddings and head_is_tied(model),
         task_type="CAUSAL_LM",

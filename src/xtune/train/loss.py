@@ -30,9 +30,11 @@ def count_trained_tokens(labels: torch.Tensor) -> int:
 def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum of next-token cross-entropy over every trained position of the batch (fp32)."""
     lm = causal_lm(model)
-    hidden = lm.get_decoder()(
-        input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
-    ).last_hidden_state
+    inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+    if batch.get("pixel_values") is not None:  # LLaVA: the image features take the image tokens' places
+        hidden = lm.model(pixel_values=batch["pixel_values"], **inputs).last_hidden_state
+    else:
+        hidden = lm.get_decoder()(**inputs).last_hidden_state
     targets = batch["labels"][:, 1:].reshape(-1)
     positions = (targets != IGNORE_INDEX).nonzero().squeeze(1)
     n_trained = positions.numel()
@@ -69,5 +71,12 @@ class CausalLMLoss(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        return loss_sum(self.model, {"input_ids": input_ids, "labels": labels, "position_ids": position_ids})
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        position_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "pixel_values": pixel_values}
+        return loss_sum(self.model, batch)

@@ -9,6 +9,7 @@ directory at the end.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from xtune.chat.session import ChatSession
 from xtune.chat.tools import build_registry
 from xtune.config.schema import Config
 from xtune.data import build_training_data
-from xtune.data.packing import collate, epoch_batches, needs_flat_batches
+from xtune.data.packing import collate, epoch_batches, group_lengths, needs_flat_batches
 from xtune.errors import ConfigError
 from xtune.io import write_atomically
 from xtune.models.load import (
@@ -103,7 +104,16 @@ class FinetuneRecipe:
         # From the start, so setup and resume are logged too; one log, written by rank 0.
         setup_logging(self.work_dir / "train.log" if world.is_main else None, self.console)
         torch.manual_seed(cfg.training.seed)
-        self.tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code, cfg.model.add_special_tokens)
+        # A LLaVA config (model.vision): its model, image batches and outputs come from xtune.multimodal.
+        self.multimodal = None
+        if cfg.model.vision is not None:
+            from xtune.multimodal.model import multimodal_tokenizer
+            from xtune.multimodal.train import MultimodalRun
+
+            self.multimodal = MultimodalRun(cfg, self.work_dir)
+            self.tokenizer = multimodal_tokenizer(cfg.model)
+        else:
+            self.tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code, cfg.model.add_special_tokens)
         self.template = config_template(cfg, self.tokenizer)
         if isinstance(self.template, ChatTemplate):  # record what `auto` chose, for chat and export
             cfg.data.template = self.template.name
@@ -111,21 +121,16 @@ class FinetuneRecipe:
             config_text = yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True)
             (self.work_dir / CONFIG_FILE).write_text(config_text)
         with main_first(world):  # rank 0 tokenizes and caches, the other ranks read the cache
-            self.data = build_training_data(cfg.data, self.tokenizer, self.template, seed=cfg.training.seed)
-
-        model_settings = cfg.model
-        if model_settings.random_init and model_settings.method != "full":
-            base_dir = self.work_dir / "base_model"
-            with main_first(world):
-                if world.is_main:
-                    save_random_init(model_settings, base_dir, cfg.training.seed)
-            model_settings = model_settings.model_copy(update={"path": str(base_dir.resolve()), "random_init": False})
-        base = load_base_model(model_settings, self.device, cfg.training.seed)
-        grown = fit_embeddings(base, self.tokenizer)
-        # new tokens need trained rows whether the embedding grew or already had spare (untrained) rows for them
-        self.model = attach_adapters(base, cfg.model, train_embeddings=grown or bool(cfg.model.add_special_tokens))
+            map_fn_of = self.multimodal.map_fn_of if self.multimodal else None
+            self.data = build_training_data(cfg.data, self.tokenizer, self.template, cfg.training.seed, map_fn_of)
+        if self.multimodal:
+            self.model = self.multimodal.model(self.tokenizer, self.device, world)
+            self.collate = self.multimodal.collator(self.tokenizer)
+        else:
+            self.model = self._language_model()
+            pad_id, flat = self.tokenizer.pad_token_id, needs_flat_batches(self.model)
+            self.collate = functools.partial(collate, pad_token_id=pad_id, flatten=flat)
         self.model.train()
-        self.flat_batches = needs_flat_batches(self.model)
         # Every training forward goes through this module, which the engine wraps (FSDP2 shards in place, so the
         # optimizer below sees the sharded parameters).
         self.loss_module = wrap(CausalLMLoss(self.model), cfg.training.engine, world)
@@ -148,6 +153,21 @@ class FinetuneRecipe:
         if resume:
             self._resume(resume)
 
+    def _language_model(self) -> torch.nn.Module:
+        """The LLM to train: loaded (or randomly initialised, saved as the adapter's base) with its adapters."""
+        cfg, world = self.cfg, self.world
+        model_settings = cfg.model
+        if model_settings.random_init and model_settings.method != "full":
+            base_dir = self.work_dir / "base_model"
+            with main_first(world):
+                if world.is_main:
+                    save_random_init(model_settings, base_dir, cfg.training.seed)
+            model_settings = model_settings.model_copy(update={"path": str(base_dir.resolve()), "random_init": False})
+        base = load_base_model(model_settings, self.device, cfg.training.seed)
+        grown = fit_embeddings(base, self.tokenizer)
+        # new tokens need trained rows whether the embedding grew or already had spare (untrained) rows for them
+        return attach_adapters(base, cfg.model, train_embeddings=grown or bool(cfg.model.add_special_tokens))
+
     def _resume(self, resume: str | bool) -> None:
         if resume is True:
             found = list_checkpoints(self.work_dir)
@@ -168,7 +188,7 @@ class FinetuneRecipe:
         every world-size-th micro-batch. The order of an epoch depends only on seed and epoch, so a resumed run
         sees exactly the batches the interrupted one would have, and N ranks see what one process would."""
         t, data = self.cfg.training, self.cfg.data
-        lengths = [len(r) for r in self.data.rows]
+        lengths = group_lengths(self.data.rows)
         index = start
         while True:
             epoch, position = divmod(index, self.batches_per_epoch)
@@ -176,8 +196,7 @@ class FinetuneRecipe:
             for indices in batches[position:]:
                 if index % self.world.size == self.world.rank:
                     rows = [self.data.rows[i] for i in indices]
-                    batch = collate(rows, self.tokenizer.pad_token_id, flatten=self.flat_batches)
-                    yield batch, sum(len(r) for r in rows)
+                    yield self.collate(rows), sum(len(r) for r in rows)
                 index += 1
 
     # ------------------------------------------------------------------ training
@@ -305,7 +324,9 @@ class FinetuneRecipe:
             return self.work_dir / "final"
 
         def write(tmp: Path) -> None:
-            if hasattr(self.model, "peft_config"):
+            if self.cfg.model.method == "frozen":
+                pass  # LLaVA stage 1: only the projector trained; self.multimodal.save writes it
+            elif hasattr(self.model, "peft_config"):
                 # A grown embedding and head are in modules_to_save already; PEFT's default ("auto": the vocabulary
                 # changed) would add the untrained resized originals and a second copy of each, 3x the bytes.
                 self.model.save_pretrained(tmp, save_embedding_layers=False, state_dict=gathered)
@@ -313,9 +334,12 @@ class FinetuneRecipe:
                 self.model.save_pretrained(tmp, state_dict=gathered)
             self.tokenizer.chat_template = self.template.to_jinja()
             self.tokenizer.save_pretrained(tmp)
+            if self.multimodal:
+                self.multimodal.save(self.model, tmp, self.tokenizer)
             (tmp / CONFIG_FILE).write_text((self.work_dir / CONFIG_FILE).read_text())
 
         path = write_atomically(self.work_dir / "final", write)
-        logger.info(f"saved {'model' if self.cfg.model.method == 'full' else 'adapter'} to {path}")
+        saved = {"full": "model", "frozen": "projector"}.get(self.cfg.model.method, "adapter")
+        logger.info(f"saved {saved} to {path}")
         barrier(self.world)
         return path
