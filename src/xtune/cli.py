@@ -4,6 +4,7 @@ message and exit 2, bugs keep their traceback."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -84,23 +85,27 @@ def cmd_train(args: argparse.Namespace) -> None:
     from xtune.train.distributed import shutdown
     from xtune.train.recipe import FinetuneRecipe
 
-    if args.deepspeed:
-        raise XtuneError(
-            "--deepspeed is not supported yet; use --fsdp (FSDP2 shards parameters, gradients and "
-            "optimizer states as ZeRO-3 does) or the default DDP"
-        )
+    if args.fsdp and args.deepspeed:
+        raise XtuneError("--fsdp and --deepspeed choose different engines; pass one of them")
     if (args.nproc_per_node > 1 or args.nnodes > 1) and "WORLD_SIZE" not in os.environ:
         _relaunch_under_torchrun(args)
     overrides = [*(args.set or []), *(["training.engine=fsdp"] if args.fsdp else [])]
+    if args.deepspeed:
+        choice = args.deepspeed
+        if choice.endswith(".json"):  # the recorded config must find it from any directory
+            choice = str(Path(choice).resolve())
+        # JSON quoting: the override value is parsed as YAML, and a path may hold ':' or '#'
+        overrides += ["training.engine=deepspeed", f"training.deepspeed={json.dumps(choice)}"]
     cfg, name = resolve_config(args.config, overrides)
     work_dir = Path(args.work_dir or cfg.work_dir or Path("work_dirs") / name)
     recipe = FinetuneRecipe(cfg, work_dir)
     recipe.setup(resume=args.resume)
     out = recipe.train()
-    world = recipe.world
+    is_main = recipe.world.is_main
+    recipe.close()
     del recipe  # free the engine's wrappers before the process group goes
-    shutdown(world)
-    if world.is_main:
+    shutdown()
+    if is_main:
         print(f"done: {out}")
 
 
@@ -180,7 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--master-addr", default="127.0.0.1")
     p.add_argument("--master-port", type=int, default=29500)
     p.add_argument("--fsdp", action="store_true", help="shard the model with FSDP2 (default engine: DDP)")
-    p.add_argument("--deepspeed", metavar="CONFIG", help="not supported yet")
+    p.add_argument(
+        "--deepspeed",
+        metavar="CONFIG",
+        help="train with DeepSpeed ZeRO: zero1, zero2, zero2_offload, zero3, zero3_offload, or a DeepSpeed JSON file",
+    )
     p.add_argument(
         "--resume",
         nargs="?",
