@@ -234,10 +234,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _prefer_deepspeed_cpu_accelerator() -> None:
+    """Where DeepSpeed is installed, transformers and accelerate import it on every save_pretrained, and without a
+    GPU its accelerator auto-detection then prints a warning on stdout, which scripts read. Name its CPU
+    accelerator up front instead."""
+    import importlib.util
+
+    if "DS_ACCELERATOR" in os.environ or importlib.util.find_spec("deepspeed") is None:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # xtune never downloads; fail fast instead of hanging
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "chat", "convert"):  # the commands that load and save models
+        _prefer_deepspeed_cpu_accelerator()
     try:
         args.func(args)
     except XtuneError as e:
