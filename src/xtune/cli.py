@@ -4,6 +4,7 @@ message and exit 2, bugs keep their traceback."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -88,23 +89,27 @@ def cmd_train(args: argparse.Namespace) -> None:
     from xtune.train.distributed import shutdown
     from xtune.train.recipe import FinetuneRecipe
 
-    if args.deepspeed:
-        raise XtuneError(
-            "--deepspeed is not supported yet; use --fsdp (FSDP2 shards parameters, gradients and "
-            "optimizer states as ZeRO-3 does) or the default DDP"
-        )
+    if args.fsdp and args.deepspeed:
+        raise XtuneError("--fsdp and --deepspeed choose different engines; pass one of them")
     if (args.nproc_per_node > 1 or args.nnodes > 1) and "WORLD_SIZE" not in os.environ:
         _relaunch_under_torchrun(args)
     overrides = [*(args.set or []), *(["training.engine=fsdp"] if args.fsdp else [])]
+    if args.deepspeed:
+        choice = args.deepspeed
+        if choice.endswith(".json"):  # the recorded config must find it from any directory
+            choice = str(Path(choice).resolve())
+        # JSON quoting: the override value is parsed as YAML, and a path may hold ':' or '#'
+        overrides += ["training.engine=deepspeed", f"training.deepspeed={json.dumps(choice)}"]
     cfg, name = resolve_config(args.config, overrides)
     work_dir = Path(args.work_dir or cfg.work_dir or Path("work_dirs") / name)
     recipe = FinetuneRecipe(cfg, work_dir)
     recipe.setup(resume=args.resume)
     out = recipe.train()
-    world = recipe.world
+    is_main = recipe.world.is_main
+    recipe.close()
     del recipe  # free the engine's wrappers before the process group goes
-    shutdown(world)
-    if world.is_main:
+    shutdown()
+    if is_main:
         print(f"done: {out}")
 
 
@@ -195,7 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--master-addr", default="127.0.0.1")
     p.add_argument("--master-port", type=int, default=29500)
     p.add_argument("--fsdp", action="store_true", help="shard the model with FSDP2 (default engine: DDP)")
-    p.add_argument("--deepspeed", metavar="CONFIG", help="not supported yet")
+    p.add_argument(
+        "--deepspeed",
+        metavar="CONFIG",
+        help="train with DeepSpeed ZeRO: zero1, zero2, zero2_offload, zero3, zero3_offload, or a DeepSpeed JSON file",
+    )
     p.add_argument(
         "--resume",
         nargs="?",
@@ -265,10 +274,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _prefer_deepspeed_cpu_accelerator() -> None:
+    """Where DeepSpeed is installed, transformers and accelerate import it on every save_pretrained, and without a
+    GPU its accelerator auto-detection then prints a warning on stdout, which scripts read. Name its CPU
+    accelerator up front instead."""
+    import importlib.util
+
+    if "DS_ACCELERATOR" in os.environ or importlib.util.find_spec("deepspeed") is None:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # xtune never downloads; fail fast instead of hanging
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "chat", "convert"):  # the commands that load and save models
+        _prefer_deepspeed_cpu_accelerator()
     try:
         args.func(args)
     except XtuneError as e:

@@ -15,13 +15,13 @@ import torch
 import yaml
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from xtune.models.load import load_for_inference
 from xtune.templates import get_template
 from xtune.train.recipe import FinetuneRecipe
 
-from .conftest import read_metrics, small_config
+from .conftest import load_base, read_metrics, small_config
 
 STEPS = 22  # small_config: max_steps 22, save_steps 3 (limit 2), evaluation freq 5
 PROMPT = [{"role": "user", "content": "请介绍一下你自己"}]
@@ -42,27 +42,6 @@ def run(request, tmp_path_factory, cache_dir):
 def prompt_ids(tokenizer) -> torch.Tensor:
     text = get_template("qwen_chat").render_text(PROMPT, add_generation_prompt=True)
     return torch.tensor([tokenizer(text, add_special_tokens=False).input_ids])
-
-
-def load_base(run, quantized: bool) -> torch.nn.Module:
-    base_dir = run.work_dir / "base_model"
-    if not quantized:
-        return AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    quant = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.float32,
-    )
-    model = AutoModelForCausalLM.from_pretrained(
-        base_dir, dtype=torch.float32, quantization_config=quant, device_map={"": "cpu"}
-    )
-    # Compute with the kernel training uses: bitsandbytes would otherwise repack the weights on the first eval-mode
-    # forward for a CPU inference kernel (AVX512-BF16) whose results differ by ~1e-2.
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-    return model
 
 
 def test_loss_decreases_and_every_step_is_logged(run):
@@ -97,7 +76,7 @@ def test_final_loads_back_with_the_trained_weights(run):
         else:
             adapter_config = json.loads((run.final / "adapter_config.json").read_text())
             assert Path(adapter_config["base_model_name_or_path"]) == (run.work_dir / "base_model").resolve()
-            base = load_base(run, quantized=run.method == "qlora")
+            base = load_base(run.work_dir / "base_model", quantized=run.method == "qlora")
             base_logits = base(input_ids=ids).logits
             loaded = PeftModel.from_pretrained(base, run.final).eval()
             # The adapter learned something: without it the logits are far from the trained model's.

@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from xtune.errors import ConfigError
 
+# Built-in DeepSpeed configs (src/xtune/config/deepspeed/<name>.json), from least to most memory saved.
+DEEPSPEED_PRESETS = ("zero1", "zero2", "zero2_offload", "zero3", "zero3_offload")
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -108,14 +111,30 @@ class TrainingSettings(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 0
     mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the hardware runs it fast
-    # With several processes (torchrun, --nproc-per-node): DDP replicates the model, FSDP2 shards it per layer.
-    engine: Literal["ddp", "fsdp"] = "ddp"
+    # With several processes (torchrun, --nproc-per-node): DDP replicates the model, FSDP2 shards it per layer,
+    # DeepSpeed partitions it as its ZeRO config says (also on one process, to offload to CPU memory).
+    engine: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
+    deepspeed: str | None = Field(
+        None, description=f"With engine deepspeed: {', '.join(DEEPSPEED_PRESETS)}, or a DeepSpeed JSON file."
+    )
     log_every: int = Field(10, gt=0)
 
     @model_validator(mode="after")
     def _epochs_or_steps(self) -> TrainingSettings:
         if self.epochs is None and self.max_steps is None:
             raise ValueError("set training.epochs or training.max_steps")
+        return self
+
+    @model_validator(mode="after")
+    def _deepspeed_config(self) -> TrainingSettings:
+        choices = f"{', '.join(DEEPSPEED_PRESETS)} or a path to a .json file"
+        if self.engine == "deepspeed" and self.deepspeed is None:
+            raise ValueError(f"training.engine deepspeed needs training.deepspeed: {choices}")
+        if self.deepspeed is not None and self.engine != "deepspeed":
+            raise ValueError(f"training.deepspeed is set but training.engine is {self.engine!r}; set engine: deepspeed")
+        named = self.deepspeed in DEEPSPEED_PRESETS or str(self.deepspeed).endswith(".json")
+        if self.deepspeed is not None and not named:
+            raise ValueError(f"training.deepspeed {self.deepspeed!r}: choose {choices}")
         return self
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -96,27 +97,24 @@ def load_checkpoint(
     return state
 
 
-# ---------------------------------------------------------------------------------------------- FSDP2
+# ---------------------------------------------------------------------------------------------- FSDP2, DeepSpeed
 def save_sharded_checkpoint(
     work_dir: Path,
     step: int,
-    module: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    write_shards: Callable[[Path], None],
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     extra: dict,
     keep: int,
     is_main: bool,
 ) -> Path:
-    """Each rank writes its shards with torch.distributed.checkpoint into a temporary directory; rank 0 adds
-    the trainer state and renames it into place once every rank is done. Resumable on the same world size."""
+    """Each rank writes its shards with `write_shards(directory)` (the engine's own format) into a temporary
+    directory; rank 0 adds the trainer state and renames it into place once every rank is done. Resumable on the
+    same world size."""
     import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
 
     final = work_dir / f"checkpoint-{step}"
     tmp = work_dir / f".checkpoint-{step}.tmp"
-    model_state, optim_state = get_state_dict(module, optimizer)
-    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp / "sharded"))
+    write_shards(tmp)
     save_file(rng_state(), tmp / f"rng-rank{dist.get_rank()}.safetensors")
     dist.barrier()
     if is_main:
@@ -131,14 +129,9 @@ def save_sharded_checkpoint(
 
 
 def load_sharded_checkpoint(
-    path: Path,
-    module: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    path: Path, read_shards: Callable[[Path], None], scheduler: torch.optim.lr_scheduler.LRScheduler
 ) -> dict:
     import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     state = json.loads((path / STATE_FILE).read_text())
     if state.get("world_size") != dist.get_world_size():
@@ -146,13 +139,28 @@ def load_sharded_checkpoint(
             f"{path} was written by {state.get('world_size')} processes; resume it with as many "
             f"(this run has {dist.get_world_size()})"
         )
-    model_state, optim_state = get_state_dict(module, optimizer)
-    target = {"model": model_state, "optimizer": optim_state}
-    dcp.load(target, checkpoint_id=str(path / "sharded"))
-    set_state_dict(module, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
+    read_shards(path)
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(load_file(path / f"rng-rank{dist.get_rank()}.safetensors"))
     return state
+
+
+def write_fsdp_shards(directory: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(module, optimizer)
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(directory / "sharded"))
+
+
+def read_fsdp_shards(directory: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optim_state = get_state_dict(module, optimizer)
+    target = {"model": model_state, "optimizer": optim_state}
+    dcp.load(target, checkpoint_id=str(directory / "sharded"))
+    set_state_dict(module, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
 
 
 def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,8 +1,8 @@
 """Multi-process training on torch.distributed: process groups, data-parallel engines, launch.
 
 Engines are driven directly (no accelerate): `ddp` wraps the loss module in DistributedDataParallel, `fsdp`
-shards each decoder layer and the root with FSDP2's `fully_shard`. Both run over gloo on CPU (tested here with
-`torchrun --nproc_per_node 2`) and nccl on GPUs.
+shards each decoder layer and the root with FSDP2's `fully_shard` (`deepspeed`: see deepspeed_engine.py). All run
+over gloo on CPU (tested here with `torchrun --nproc_per_node 2`) and nccl on GPUs.
 """
 
 from __future__ import annotations
@@ -68,11 +68,12 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def shutdown(world: World) -> None:
-    """Destroy the process group after the caller dropped its model and optimizer: gloo can hang at exit when
-    DDP/FSDP state is freed late, so collect first."""
+def shutdown() -> None:
+    """Destroy the process group (torchrun's, or the one-rank group DeepSpeed needs on one process) after the caller
+    dropped its model and optimizer: gloo can hang at exit when DDP/FSDP/DeepSpeed state is freed late, so collect
+    first."""
     gc.collect()
-    if world.distributed and dist.is_initialized():
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -1,5 +1,5 @@
 """The fine-tuning recipe: one explicit training loop for full, LoRA and QLoRA training, on one device or on
-several processes (DDP or FSDP2, see distributed.py).
+several processes (DDP or FSDP2, see distributed.py; DeepSpeed ZeRO, see deepspeed_engine.py).
 
 Read top to bottom: setup (tokenizer, template, data, model, engine, optimizer, schedule, resume), then train
 (one optimizer step per global accumulation window), evaluate and save along the way, and write a Hugging Face
@@ -9,9 +9,10 @@ directory at the end.
 from __future__ import annotations
 
 import contextlib
-import functools
+import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -35,13 +36,16 @@ from xtune.models.load import (
     save_random_init,
 )
 from xtune.templates import ChatTemplate, config_template
+from xtune.train import deepspeed_engine
 from xtune.train.checkpoint import (
     full_state_dict,
     list_checkpoints,
     load_checkpoint,
     load_sharded_checkpoint,
+    read_fsdp_shards,
     save_checkpoint,
     save_sharded_checkpoint,
+    write_fsdp_shards,
 )
 from xtune.train.distributed import all_reduce_sum, barrier, device_for, init_world, main_first, wrap
 from xtune.train.loss import CausalLMLoss, count_trained_tokens
@@ -97,8 +101,11 @@ class FinetuneRecipe:
             # Measured: FSDP2 over a PEFT model gives LoRA gradients that differ from one process's (DDP's match).
             raise ConfigError(
                 "--fsdp supports method full for now; train LoRA/QLoRA on several processes with "
-                "the default DDP engine (adapters are small, so replicas cost little memory)"
+                "the default DDP engine (adapters are small, so replicas cost little memory) or --deepspeed"
             )
+        t = cfg.training
+        self.ds_config = deepspeed_engine.load_deepspeed_config(t) if t.engine == "deepspeed" else None
+        self.zero3 = self.ds_config is not None and deepspeed_engine.zero_stage(self.ds_config) == 3
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.console = Console(stderr=True)
         # From the start, so setup and resume are logged too; one log, written by rank 0.
@@ -129,19 +136,32 @@ class FinetuneRecipe:
         else:
             self.model = self._language_model()
             pad_id, flat = self.tokenizer.pad_token_id, needs_flat_batches(self.model)
-            self.collate = functools.partial(collate, pad_token_id=pad_id, flatten=flat)
+            self.collate = partial(collate, pad_token_id=pad_id, flatten=flat)
         self.model.train()
+        self.n_params = (  # counted before an engine partitions them
+            sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+            sum(p.numel() for p in self.model.parameters()),
+        )
         # Every training forward goes through this module, which the engine wraps (FSDP2 shards in place, so the
-        # optimizer below sees the sharded parameters).
-        self.loss_module = wrap(CausalLMLoss(self.model), cfg.training.engine, world)
-        self.sharded = world.distributed and cfg.training.engine == "fsdp"
+        # optimizer below sees the sharded parameters; DeepSpeed wraps module and optimizer together below).
+        self.fsdp = world.distributed and t.engine == "fsdp"
+        self.adapter_only = cfg.model.method != "full"  # DeepSpeed checkpoints and exports skip the frozen base
+        self.loss_module = CausalLMLoss(self.model)
+        if self.ds_config is None:
+            self.loss_module = wrap(self.loss_module, t.engine, world)
 
-        t = cfg.training
         decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=t.lr
         )
+        self.deepspeed = None
+        if self.ds_config is not None:
+            self.ds_config = deepspeed_engine.with_precision(self.ds_config, self.model)
+            if world.is_main:  # what DeepSpeed ran with, for the record
+                (self.work_dir / "deepspeed_config.json").write_text(json.dumps(self.ds_config, indent=2))
+            self.deepspeed = deepspeed_engine.initialize(self.loss_module, self.optimizer, self.ds_config)
+            self.loss_module = self.deepspeed
         self.batches_per_epoch = math.ceil(len(self.data.rows) / t.batch_size)
         self.micro_batches_per_step = t.gradient_accumulation * world.size  # the global batch, in micro-batches
         self.total_steps = t.max_steps or math.ceil(t.epochs * self.batches_per_epoch / self.micro_batches_per_step)
@@ -177,8 +197,14 @@ class FinetuneRecipe:
             path = found[-1]
         else:
             path = Path(resume)
-        load = load_sharded_checkpoint if self.sharded else load_checkpoint
-        state = load(path, self.loss_module if self.sharded else self.model, self.optimizer, self.scheduler)
+        if self.deepspeed is not None:
+            read = partial(deepspeed_engine.load_shards, self.deepspeed, trainable_only=self.adapter_only)
+            state = load_sharded_checkpoint(path, read, self.scheduler)
+        elif self.fsdp:
+            read = partial(read_fsdp_shards, module=self.loss_module, optimizer=self.optimizer)
+            state = load_sharded_checkpoint(path, read, self.scheduler)
+        else:
+            state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
         self.step = state["step"]
         logger.info(f"resumed from {path} at step {self.step}")
 
@@ -203,8 +229,7 @@ class FinetuneRecipe:
     def train(self) -> Path:
         t, cfg = self.cfg.training, self.cfg
         logger.info(f"data: {self.data.summary()}")
-        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.model.parameters())
+        trainable, total = self.n_params
         logger.info(
             f"model: {cfg.model.method}, {trainable:,} trainable of {total:,} parameters; "
             f"{self.total_steps} steps of {t.batch_size} x {t.gradient_accumulation} rows on {self.device}"
@@ -230,17 +255,13 @@ class FinetuneRecipe:
                 for mb in window:
                     with autocast:
                         loss = self.loss_module(**mb)
-                    (loss * world.size / max(n_trained, 1)).backward()
+                    self._backward(loss * world.size / max(n_trained, 1))
                     window_loss += loss.item()
                 window_loss = all_reduce_sum(window_loss, world)
                 real_tokens = all_reduce_sum(real_tokens, world)
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    [p for p in self.model.parameters() if p.requires_grad], t.max_grad_norm or float("inf")
-                )
                 lr = self.scheduler.get_last_lr()[0]
-                self.optimizer.step()
+                grad_norm = self._optimizer_step()
                 self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
 
                 elapsed = time.perf_counter() - started
@@ -248,7 +269,7 @@ class FinetuneRecipe:
                     "step": self.step,
                     "loss": window_loss / max(n_trained, 1),
                     "lr": lr,
-                    "grad_norm": float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm),
+                    "grad_norm": grad_norm,
                     "trained_tokens": n_trained,
                     "tokens_per_s": real_tokens / elapsed,
                 }
@@ -264,19 +285,44 @@ class FinetuneRecipe:
                 logger.info(f"training curve: {curve}")
         return self.save_final()
 
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.deepspeed is None:
+            loss.backward()
+            return
+        # The loss is already normalised over the whole global window: no 1/accumulation from DeepSpeed. Its
+        # step() counts micro-batches and updates the weights (clipping per its config) after the window's last.
+        self.deepspeed.backward(loss, scale_wrt_gas=False)
+        self.deepspeed.step()
+
+    def _optimizer_step(self) -> float:
+        """Clip, update and clear the gradients of the window just accumulated; the gradient norm before clipping."""
+        if self.deepspeed is not None:  # it stepped in _backward; None: an fp16 overflow skipped the step
+            norm = self.deepspeed.get_global_grad_norm()
+            return float("nan") if norm is None else float(norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad], self.cfg.training.max_grad_norm or float("inf")
+        )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+
+    def close(self) -> None:
+        """Release DeepSpeed's hooks and partitions while the process group still exists."""
+        if self.deepspeed is not None:
+            self.deepspeed.destroy()
+            self.deepspeed = self.loss_module = None
+
     # ------------------------------------------------------------------ evaluation and output
     def save_checkpoint(self) -> None:
         extra, keep = {"total_steps": self.total_steps}, self.cfg.saving.save_total_limit
-        if self.sharded:
+        write = None
+        if self.deepspeed is not None:
+            write = partial(deepspeed_engine.save_shards, self.deepspeed, trainable_only=self.adapter_only)
+        elif self.fsdp:
+            write = partial(write_fsdp_shards, module=self.loss_module, optimizer=self.optimizer)
+        if write is not None:
             path = save_sharded_checkpoint(
-                self.work_dir,
-                self.step,
-                self.loss_module,
-                self.optimizer,
-                self.scheduler,
-                extra,
-                keep,
-                self.world.is_main,
+                self.work_dir, self.step, write, self.scheduler, extra, keep, self.world.is_main
             )
         elif self.world.is_main:  # DDP replicas are identical: rank 0 writes
             path = save_checkpoint(self.work_dir, self.step, self.model, self.optimizer, self.scheduler, extra, keep)
@@ -288,8 +334,8 @@ class FinetuneRecipe:
         ev = self.cfg.evaluation
         if not ev.inputs or not self.world.is_main:
             return
-        if self.sharded:  # generation outside the FSDP root would see sharded embeddings
-            logger.info("evaluation inputs are skipped under FSDP; chat with the final model instead")
+        if self.fsdp or self.zero3:  # rank 0 alone cannot gather sharded weights for generation
+            logger.info("evaluation inputs are skipped with sharded weights; chat with the final model instead")
             return
         settings = GenerationSettings(max_new_tokens=ev.max_new_tokens)
         tools = build_registry(ev.tools, ev.search_docs) if ev.tools else None
@@ -314,11 +360,14 @@ class FinetuneRecipe:
         """A Hugging Face directory: the PEFT adapter (or full model), the tokenizer with the chat template used
         in training, and the resolved config."""
 
-        # Under FSDP2 every rank gathers the full weights (a collective); rank 0 writes them.
+        # Under FSDP2 and ZeRO-3 every rank takes part in gathering the full weights; rank 0 writes them.
         gathered = None
-        if self.sharded:
-            prefix = "model."  # CausalLMLoss.model
-            gathered = {k.removeprefix(prefix): v for k, v in full_state_dict(self.loss_module).items()}
+        if self.fsdp:
+            gathered = full_state_dict(self.loss_module)
+        elif self.zero3:
+            gathered = deepspeed_engine.consolidated_state_dict(self.deepspeed, trainable_only=self.adapter_only)
+        if gathered is not None:
+            gathered = {k.removeprefix("model."): v for k, v in gathered.items()}  # CausalLMLoss.model
         if not self.world.is_main:
             barrier(self.world)
             return self.work_dir / "final"
