@@ -145,26 +145,47 @@ def load_sharded_checkpoint(
     return state
 
 
-def write_fsdp_shards(directory: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def fsdp_options(trainable_only: bool, **options):
+    """What FSDP2 checkpoints hold: LoRA/QLoRA ones skip the frozen base, which every run loads from its files."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=trainable_only, **options)
+
+
+def write_fsdp_shards(
+    directory: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, trainable_only: bool = False
+) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    model_state, optim_state = get_state_dict(module, optimizer)
+    model_state, optim_state = get_state_dict(module, optimizer, options=fsdp_options(trainable_only))
     dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(directory / "sharded"))
 
 
-def read_fsdp_shards(directory: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def read_fsdp_shards(
+    directory: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer, trainable_only: bool = False
+) -> None:
+    """Load what write_fsdp_shards wrote; dcp.load fails on any parameter the checkpoint lacks (another method or
+    model), so loading without the frozen base (strict=False) skips nothing else."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    model_state, optim_state = get_state_dict(module, optimizer)
+    model_state, optim_state = get_state_dict(module, optimizer, options=fsdp_options(trainable_only))
     target = {"model": model_state, "optimizer": optim_state}
     dcp.load(target, checkpoint_id=str(directory / "sharded"))
-    set_state_dict(module, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
+    set_state_dict(
+        module,
+        optimizer,
+        model_state_dict=target["model"],
+        optim_state_dict=target["optimizer"],
+        options=fsdp_options(trainable_only, strict=not trainable_only),
+    )
 
 
-def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The whole model's weights gathered from every rank (a collective: call on all ranks), on CPU."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+def full_state_dict(module: torch.nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+    """The model's weights (the trainable ones alone with `trainable_only`) gathered from every rank (a collective:
+    call on all ranks), on CPU."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    options = fsdp_options(trainable_only, full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(module, options=options)

@@ -89,11 +89,22 @@ def wrap(module: torch.nn.Module, engine: str, world: World) -> torch.nn.Module:
     if engine == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
+        # fully_shard keeps each rank's own slice of every tensor and, unlike DDP, broadcasts nothing: weights that
+        # differ by rank would train as a patchwork of them. They do differ: rank 0 alone draws a random_init base
+        # before LoRA's A matrices are drawn from the same RNG.
+        broadcast_from_rank0(module)
         for layer in decoder_layers(module):
             fully_shard(layer)
         fully_shard(module)
         return module
     raise ValueError(f"unknown engine {engine!r}")
+
+
+def broadcast_from_rank0(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's parameters and buffers, as DDP does when it wraps a module."""
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
 
 
 def decoder_layers(module: torch.nn.Module) -> list[torch.nn.Module]:

@@ -97,11 +97,12 @@ class FinetuneRecipe:
     # ------------------------------------------------------------------ setup
     def setup(self, resume: str | bool | None = None) -> None:
         cfg, world = self.cfg, self.world
-        if world.distributed and cfg.training.engine == "fsdp" and cfg.model.method != "full":
-            # Measured: FSDP2 over a PEFT model gives LoRA gradients that differ from one process's (DDP's match).
+        if world.distributed and cfg.training.engine == "fsdp" and cfg.model.vision and cfg.model.method != "full":
+            # Stage 1 writes its projector from the module itself, which FSDP2 leaves sharded; the LoRA stage with
+            # a vision tower has not been checked against one process.
             raise ConfigError(
-                "--fsdp supports method full for now; train LoRA/QLoRA on several processes with "
-                "the default DDP engine (adapters are small, so replicas cost little memory) or --deepspeed"
+                f"--fsdp does not support LLaVA's {cfg.model.method} stage yet; train it on several processes with "
+                "the default DDP engine or --deepspeed"
             )
         t = cfg.training
         self.ds_config = deepspeed_engine.load_deepspeed_config(t) if t.engine == "deepspeed" else None
@@ -145,7 +146,7 @@ class FinetuneRecipe:
         # Every training forward goes through this module, which the engine wraps (FSDP2 shards in place, so the
         # optimizer below sees the sharded parameters; DeepSpeed wraps module and optimizer together below).
         self.fsdp = world.distributed and t.engine == "fsdp"
-        self.adapter_only = cfg.model.method != "full"  # DeepSpeed checkpoints and exports skip the frozen base
+        self.adapter_only = cfg.model.method != "full"  # sharded checkpoints and exports skip the frozen base
         self.loss_module = CausalLMLoss(self.model)
         if self.ds_config is None:
             self.loss_module = wrap(self.loss_module, t.engine, world)
@@ -201,7 +202,9 @@ class FinetuneRecipe:
             read = partial(deepspeed_engine.load_shards, self.deepspeed, trainable_only=self.adapter_only)
             state = load_sharded_checkpoint(path, read, self.scheduler)
         elif self.fsdp:
-            read = partial(read_fsdp_shards, module=self.loss_module, optimizer=self.optimizer)
+            read = partial(
+                read_fsdp_shards, module=self.loss_module, optimizer=self.optimizer, trainable_only=self.adapter_only
+            )
             state = load_sharded_checkpoint(path, read, self.scheduler)
         else:
             state = load_checkpoint(path, self.model, self.optimizer, self.scheduler)
@@ -319,7 +322,9 @@ class FinetuneRecipe:
         if self.deepspeed is not None:
             write = partial(deepspeed_engine.save_shards, self.deepspeed, trainable_only=self.adapter_only)
         elif self.fsdp:
-            write = partial(write_fsdp_shards, module=self.loss_module, optimizer=self.optimizer)
+            write = partial(
+                write_fsdp_shards, module=self.loss_module, optimizer=self.optimizer, trainable_only=self.adapter_only
+            )
         if write is not None:
             path = save_sharded_checkpoint(
                 self.work_dir, self.step, write, self.scheduler, extra, keep, self.world.is_main
@@ -363,7 +368,7 @@ class FinetuneRecipe:
         # Under FSDP2 and ZeRO-3 every rank takes part in gathering the full weights; rank 0 writes them.
         gathered = None
         if self.fsdp:
-            gathered = full_state_dict(self.loss_module)
+            gathered = full_state_dict(self.loss_module, trainable_only=self.adapter_only)
         elif self.zero3:
             gathered = deepspeed_engine.consolidated_state_dict(self.deepspeed, trainable_only=self.adapter_only)
         if gathered is not None:
