@@ -4,7 +4,7 @@ the assistant's text and calls trained."""
 
 import pytest
 
-from xtune.templates.tool_calls import TOOL_CALL_STYLES, ToolCall, format_tool_call, parse_tool_calls
+from xtune.templates.tool_calls import TOOL_CALL_STYLES, ToolCall, format_tool_call, parse_tool_calls, split_reply
 
 CALLS = [
     ToolCall("calculate", {"expression": "2 + 2"}),
@@ -62,3 +62,27 @@ def test_parse_tool_calls_from_model_replies():
     assert parse_tool_calls("Thought: easy.\nFinal Answer: 42", "react") == []
     with pytest.raises(ValueError, match="unknown tool call style"):
         parse_tool_calls("", "chatml")
+
+
+@pytest.mark.parametrize(
+    ("style", "reply", "content"),
+    [
+        ("qwen", "Let me compute.\n" + format_tool_call(CALLS[0], "qwen"), "Let me compute."),
+        ("internlm2", "Sure." + format_tool_call(CALLS[0], "internlm2"), "Sure."),
+        ("llama3", format_tool_call(CALLS[0], "llama3"), ""),
+        ("react", "Thought: add.\n" + format_tool_call(CALLS[0], "react") + "\n", "Thought: add."),
+    ],
+)
+def test_split_reply_separates_the_text_from_the_calls(style, reply, content):
+    assert split_reply(reply, style) == (content, [CALLS[0]])
+    assert split_reply("The answer is 4.", style) == ("The answer is 4.", [])
+
+
+def test_the_tool_style_of_a_tokenizer_template_is_read_from_its_jinja(tiny_tokenizer, monkeypatch):
+    from xtune.templates import TokenizerTemplate
+
+    from .official_templates import OFFICIAL
+
+    for name, style in (("qwen3", "qwen"), ("llama2_chat", "react")):
+        monkeypatch.setattr(tiny_tokenizer, "chat_template", OFFICIAL[name]["jinja"])
+        assert TokenizerTemplate(tiny_tokenizer).tool_style == style
