@@ -91,9 +91,9 @@ class DataSettings(_Section):
     shuffle: bool = True
     group_by_length: bool = Field(False, description="Unpacked: batch samples of similar length (less padding).")
     cache: bool = Field(True, description="Cache tokenized datasets on disk, keyed by content and settings.")
-    num_proc: int | None = Field(
-        None, ge=1, description="Tokenizer processes; default: one per core (up to 8) from 50k records on, else 1."
-    )
+    # One process by default: the fast tokenizer already encodes a batch on every core (measured on 2 cores: 804k
+    # tokens/s in one process, 686k with 2 workers). Workers help where the Python templating is the bottleneck.
+    num_proc: int | None = Field(None, ge=1, description="Tokenizer worker processes (datasets.map); default 1.")
     cache_dir: str | None = Field(None, description="Default: $XTUNE_CACHE or ~/.cache/xtune.")
     pad_image_to_square: bool = Field(False, description="Pad images to square with the mean colour (LLaVA 1.5).")
     skip_bad_images: bool = Field(False, description="Skip (and count) records whose images fail; default: stop.")

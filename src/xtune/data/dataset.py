@@ -132,15 +132,6 @@ class _RecordEncoder:
         return out
 
 
-PARALLEL_MIN_RECORDS = 50_000  # below this, starting worker processes costs more than it saves
-
-
-def tokenizer_workers(num_proc: int | None, n_records: int) -> int:
-    if num_proc is not None:
-        return num_proc
-    return min(os.cpu_count() or 1, 8) if n_records >= PARALLEL_MIN_RECORDS else 1
-
-
 def encode_records(
     dataset: DatasetSettings,
     data: DataSettings,
@@ -160,7 +151,7 @@ def encode_records(
     template = template or resolve_template(data.template, tokenizer)
     encoder = _RecordEncoder(dataset, data, tokenizer, template, map_fn)
     records = load_records(encoder.path)
-    workers = tokenizer_workers(data.num_proc, len(records))
+    workers = data.num_proc or 1
     if workers > 1:
         encoded = records.map(
             encoder,
