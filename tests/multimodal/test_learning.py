@@ -81,7 +81,9 @@ def test_stage_outputs(trained):
     assert torch.equal(base["multi_modal_projector.linear_1.weight"], projector["linear_1.weight"])
 
 
-def test_learns_colour_and_shape(trained):
+@pytest.fixture(scope="module")
+def trained_answers(trained) -> dict[str, list[str]]:
+    """The fine-tuned model's answers to both questions about every held-out image, through xtune's image chat."""
     session = image_session(
         trained.stage2.model,
         trained.stage2.tokenizer,
@@ -90,9 +92,11 @@ def test_learns_colour_and_shape(trained):
         trained.stage2.final,
         [],
     )
-    colour = answers(session, trained.data, trained.heldout, "colour")
-    shape = answers(session, trained.data, trained.heldout, "shape")
-    trained.answers = {"colour": colour, "shape": shape}
+    return {kind: answers(session, trained.data, trained.heldout, kind) for kind in ("colour", "shape")}
+
+
+def test_learns_colour_and_shape(trained, trained_answers):
+    colour, shape = trained_answers["colour"], trained_answers["shape"]
     print(
         f"held-out accuracy: colour {accuracy(colour, trained.heldout, 'colour'):.0%}, "
         f"shape {accuracy(shape, trained.heldout, 'shape'):.0%}"
@@ -143,9 +147,7 @@ def test_merged_directory_is_plain_transformers_llava(trained, merged):
     torch.testing.assert_close(exported, reference, atol=1e-4, rtol=1e-4)
 
 
-def test_merged_directory_gives_the_same_answers(trained, merged):
-    if not hasattr(trained, "answers"):
-        pytest.skip("needs test_learns_colour_and_shape's answers")
+def test_merged_directory_gives_the_same_answers(trained, trained_answers, merged):
     model = LlavaForConditionalGeneration.from_pretrained(merged, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(merged)
     for kind in QUESTIONS:
@@ -157,7 +159,7 @@ def test_merged_directory_gives_the_same_answers(trained, merged):
             out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
             new = out[0, inputs["input_ids"].shape[1] :]
             replies.append(processor.tokenizer.decode(new, skip_special_tokens=True).strip())
-        assert replies == trained.answers[kind]
+        assert replies == trained_answers[kind]
 
 
 def test_chat_cli_answers_about_the_image(trained, capsys):
