@@ -81,10 +81,9 @@ def test_stage_outputs(trained):
     assert torch.equal(base["multi_modal_projector.linear_1.weight"], projector["linear_1.weight"])
 
 
-@pytest.fixture(scope="module")
-def trained_answers(trained) -> dict[str, list[str]]:
-    """The fine-tuned model's answers to both questions about every held-out image, through xtune's image chat."""
-    session = image_session(
+def stage2_session(trained):
+    """xtune's image chat with the fine-tuned stage 2 model, greedy, short answers."""
+    return image_session(
         trained.stage2.model,
         trained.stage2.tokenizer,
         get_template("qwen_chat"),
@@ -92,6 +91,12 @@ def trained_answers(trained) -> dict[str, list[str]]:
         trained.stage2.final,
         [],
     )
+
+
+@pytest.fixture(scope="module")
+def trained_answers(trained) -> dict[str, list[str]]:
+    """The fine-tuned model's answers to both questions about every held-out image, through xtune's image chat."""
+    session = stage2_session(trained)
     return {kind: answers(session, trained.data, trained.heldout, kind) for kind in ("colour", "shape")}
 
 
@@ -128,14 +133,7 @@ def test_merged_directory_is_plain_transformers_llava(trained, merged):
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     inputs = processor(images=image, text=text, return_tensors="pt")
 
-    session = image_session(
-        trained.stage2.model,
-        trained.stage2.tokenizer,
-        get_template("qwen_chat"),
-        GenerationSettings(max_new_tokens=6),
-        trained.stage2.final,
-        [],
-    )
+    session = stage2_session(trained)
     session.set_images([image])
     ours = session.prompt_ids([{"role": "user", "content": QUESTIONS["colour"]}])
     assert inputs["input_ids"][0].tolist() == ours
