@@ -48,7 +48,7 @@ from xtune.train.checkpoint import (
     write_fsdp_shards,
 )
 from xtune.train.distributed import all_reduce_sum, barrier, device_for, init_world, main_first, wrap
-from xtune.train.loss import CausalLMLoss, count_trained_tokens
+from xtune.train.loss import CausalLMLoss, compile_decoder_layers, count_trained_tokens
 from xtune.train.metrics import RunLog, logger, setup_logging
 
 CONFIG_FILE = "xtune_config.yaml"
@@ -147,14 +147,20 @@ class FinetuneRecipe:
         # optimizer below sees the sharded parameters; DeepSpeed wraps module and optimizer together below).
         self.fsdp = world.distributed and t.engine == "fsdp"
         self.adapter_only = cfg.model.method != "full"  # sharded checkpoints and exports skip the frozen base
-        self.loss_module = CausalLMLoss(self.model)
+        if t.compile:
+            compile_decoder_layers(self.model)
+        self.loss_module = CausalLMLoss(self.model, compile=t.compile)
         if self.ds_config is None:
             self.loss_module = wrap(self.loss_module, t.engine, world)
 
         decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim >= 2]
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim < 2]
+        # fused: one kernel for all parameters, 4.6x faster than the default (foreach) step for 60M fp32
+        # parameters on CPU (benchmarks.md); it exists on CPU and CUDA.
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=t.lr
+            [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=t.lr,
+            fused=self.device.type in ("cpu", "cuda"),
         )
         self.deepspeed = None
         if self.ds_config is not None:
@@ -344,21 +350,17 @@ class FinetuneRecipe:
             return
         settings = GenerationSettings(max_new_tokens=ev.max_new_tokens)
         tools = build_registry(ev.tools, ev.search_docs) if ev.tools else None
+        system = ev.system or self.cfg.data.system
         lines = []
-        for prompt in ev.inputs:
-            system = ev.system or self.cfg.data.system
-            session = ChatSession(
-                self.model,
-                self.tokenizer,
-                self.template,
-                settings,
-                system=system,
-                tools=tools,
-                list_tools=ev.list_tools,
-            )
-            reply = session.ask(prompt)
-            lines.append(f"### {prompt}\n{reply}\n")
-            logger.info(f"eval step {self.step}: {prompt!r} -> {reply!r}")
+        # Generation feeds the layers a new shape every token: compiled (training.compile), each would recompile.
+        with torch.compiler.set_stance("force_eager"):
+            for prompt in ev.inputs:
+                session = ChatSession(
+                    self.model, self.tokenizer, self.template, settings, system, tools=tools, list_tools=ev.list_tools
+                )
+                reply = session.ask(prompt)
+                lines.append(f"### {prompt}\n{reply}\n")
+                logger.info(f"eval step {self.step}: {prompt!r} -> {reply!r}")
         (self.work_dir / f"eval_outputs_step_{self.step}.txt").write_text("\n".join(lines), encoding="utf-8")
 
     def save_final(self) -> Path:
