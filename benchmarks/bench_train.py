@@ -4,10 +4,11 @@ One invocation generates a fixed workload (a random-init Llama saved to disk, a 
 alpaca-style text, the records), then trains it with xtune and with the baseline alternately, each in a fresh
 subprocess (so peak RSS is each side's own), and reports medians of the ratios. Both sides start from the same
 weights, see the same records for one epoch with the same LoRA, optimizer, learning rate and precision; the
-baseline pads dynamically (Trainer has no packing by default), xtune packs.
+baseline pads dynamically (Trainer has no packing by default), xtune packs and compiles (training.compile).
 
     python benchmarks/bench_train.py --workload small            # ~7M parameters
     python benchmarks/bench_train.py --workload medium --method full
+    python benchmarks/bench_train.py --workload qlora             # peak memory: QLoRA vs LoRA, ~300M parameters
     python benchmarks/bench_train.py --quick --json
 """
 
@@ -57,6 +58,20 @@ WORKLOADS = {
         max_len=500,
         max_length=512,
         batch=8,
+    ),
+    # Weights dominate memory: peak memory of QLoRA vs LoRA (and the baseline's LoRA) over a few steps.
+    "qlora": dict(
+        hidden=1024,
+        layers=24,
+        heads=16,
+        kv_heads=16,
+        intermediate=2816,
+        vocab=32000,
+        records=48,
+        min_len=100,
+        max_len=500,
+        max_length=512,
+        batch=4,
     ),
 }
 LORA = dict(r=16, alpha=32, dropout=0.0)
@@ -125,7 +140,9 @@ def encoded_records(root: Path, max_length: int):
     return [s for _, s in encode_records(cfg.data.datasets[0], cfg.data, tokenizer)], tokenizer
 
 
-def base_config(root: Path, method: str, max_length: int, batch_rows: int, precision: str = "fp32") -> dict:
+def base_config(
+    root: Path, method: str, max_length: int, batch_rows: int, precision: str = "fp32", compile: bool = False
+) -> dict:
     return {
         "model": {
             "path": str(root / "model"),
@@ -148,6 +165,7 @@ def base_config(root: Path, method: str, max_length: int, batch_rows: int, preci
             "warmup_ratio": 0.03,
             "mixed_precision": precision,
             "log_every": 1000,
+            "compile": compile,
         },
         "saving": {"save_steps": 10**9},
         "evaluation": {"inputs": []},
@@ -170,17 +188,31 @@ def eval_loss(model, samples, device="cpu") -> float:
 
 
 # ---------------------------------------------------------------------------------------------- workers
+def reset_peak_rss() -> None:
+    """Start a new high-water mark (VmHWM) for this process: the training phase's peak, apart from loading."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss_gib() -> float:
+    """VmHWM: the peak resident memory since reset_peak_rss."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 2**20
+
+
 def run_result(seconds: float, samples: list, steps: int, model) -> dict:
+    train_peak = peak_rss_gib()  # before eval_loss, which is not training
     return {
         "seconds": seconds,
         "samples": len(samples),
         "tokens": sum(len(s.input_ids) for s in samples),
+        "tokens_squared": sum(len(s.input_ids) ** 2 for s in samples),
         "steps": steps,
+        "train_peak_rss_gib": train_peak,
         "eval_loss": eval_loss(model, samples),
     }
 
 
-def worker_xtune(root: Path, method: str, spec: dict, precision: str) -> dict:
+def worker_xtune(root: Path, method: str, spec: dict, precision: str, compile: bool) -> dict:
     from xtune.config.schema import validate_config
     from xtune.train.recipe import FinetuneRecipe
 
@@ -188,15 +220,16 @@ def worker_xtune(root: Path, method: str, spec: dict, precision: str) -> dict:
     mean_len = statistics.mean(len(s.input_ids) for s in samples)
     # The same number of tokens per optimizer step as the baseline's batch of `batch` samples.
     rows = max(1, round(spec["batch"] * mean_len / spec["max_length"]))
-    cfg = validate_config(base_config(root, method, spec["max_length"], rows, precision))
+    cfg = validate_config(base_config(root, method, spec["max_length"], rows, precision, compile))
     recipe = FinetuneRecipe(cfg, root / f"xtune_{method}_{os.getpid()}", device=torch.device("cpu"))
     recipe.setup()
+    reset_peak_rss()
     start = time.perf_counter()
     recipe.train()
     return run_result(time.perf_counter() - start, samples, recipe.total_steps, recipe.model)
 
 
-def worker_hf(root: Path, method: str, spec: dict, precision: str) -> dict:
+def worker_hf(root: Path, method: str, spec: dict, precision: str, compile: bool) -> dict:
     import datasets
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
@@ -247,6 +280,7 @@ def worker_hf(root: Path, method: str, spec: dict, precision: str) -> dict:
         train_dataset=train,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
     )
+    reset_peak_rss()
     start = time.perf_counter()
     trainer.train()
     return run_result(time.perf_counter() - start, samples, trainer.state.global_step, model)
@@ -256,7 +290,7 @@ def run_worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     spec = WORKLOADS[args.workload]
     fn = worker_xtune if args.worker == "xtune" else worker_hf
-    result = fn(Path(args.root), args.method, spec, args.precision)
+    result = fn(Path(args.root), args.method, spec, args.precision, not args.no_compile)
     result["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print("RESULT " + json.dumps(result))
 
@@ -277,7 +311,16 @@ def non_embedding_params(spec: dict) -> int:
     return layers * (2 * h * h + 2 * h * kv + 3 * h * i)
 
 
-def launch(side: str, root: Path, args: argparse.Namespace) -> dict:
+def model_flops_per_token(spec: dict, method: str, mean_context: float) -> float:
+    """Training FLOPs per token the model needs (not what a dense kernel spends): 6 x non-embedding parameters
+    (4 for frozen ones: no weight gradients) plus causal attention over the token's own sample (per layer
+    2 matmuls x 2 x hidden x context forward, 3x that with backward, the context averaging half the sample)."""
+    linear = (6 if method == "full" else 4) * non_embedding_params(spec)
+    attention = 12 * spec["layers"] * spec["hidden"] * mean_context / 2
+    return linear + attention
+
+
+def launch(root: Path, side: str, method: str, args: argparse.Namespace) -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -288,26 +331,31 @@ def launch(side: str, root: Path, args: argparse.Namespace) -> dict:
         "--workload",
         args.workload,
         "--method",
-        args.method,
+        method,
         "--precision",
         args.precision,
         "--threads",
         str(args.threads),
     ]
+    if args.no_compile:
+        cmd.append("--no-compile")
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
     if out.returncode != 0 or line is None:
-        raise RuntimeError(f"{side} worker failed:\n{out.stderr[-4000:]}")
+        raise RuntimeError(f"{side} {method} worker failed:\n{out.stderr[-4000:]}")
     return json.loads(line[len("RESULT ") :])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", choices=WORKLOADS, default="small")
-    parser.add_argument("--method", choices=["lora", "full"], default="lora")
+    parser.add_argument(
+        "--method", choices=["lora", "full", "qlora"], default="lora", help="lora or full (qlora: the worker)"
+    )
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16" if cpu_has_fast_bf16() else "fp32")
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--records", type=int, help="override the workload's record count")
+    parser.add_argument("--no-compile", action="store_true", help="xtune without training.compile")
     parser.add_argument("--quick", action="store_true", help="a reduced run (about a minute)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -318,70 +366,80 @@ def main() -> None:
         return run_worker(args)
 
     spec = WORKLOADS[args.workload]
-    records = args.records or (300 if args.quick else spec["records"])
+    records = args.records or (min(300, spec["records"]) if args.quick else spec["records"])
     pairs = 1 if args.quick else args.pairs
+    # (label, side, method); the first is the baseline. qlora: the baseline's LoRA, xtune's LoRA and QLoRA.
+    if args.workload == "qlora":
+        sides = [("baseline", "hf", "lora"), ("xtune", "xtune", "lora"), ("xtune_qlora", "xtune", "qlora")]
+    else:
+        sides = [("baseline", "hf", args.method), ("xtune", "xtune", args.method)]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_workload(root, spec, records)
-        launch("xtune", root, args)  # warm the tokenization cache so both sides time training alone
-        runs = {"xtune": [], "hf": []}
+        # Warm the tokenization cache (and the compile cache) so every timed run does the same work.
+        launch(root, "xtune", sides[-1][2], args)
+        runs = {label: [] for label, _, _ in sides}
+        ceilings = []  # the matmul rate varies with the machine's load: the best one seen is the ceiling
         for _ in range(pairs):
-            for side in ("hf", "xtune"):  # alternate: the machine is shared and noisy
-                runs[side].append(launch(side, root, args))
-    ceiling = matmul_tflops(torch.bfloat16 if args.precision == "bf16" else torch.float32)
+            ceilings.append(matmul_tflops(torch.bfloat16 if args.precision == "bf16" else torch.float32))
+            for label, side, method in sides:  # alternate: the machine is shared and noisy
+                runs[label].append(launch(root, side, method, args))
+    ceiling = max(ceilings)
 
-    def summary(side: str) -> dict:
-        rs = runs[side]
+    def summary(label: str, method: str) -> dict:
+        rs = runs[label]
         tokens_per_s = statistics.median(r["tokens"] / r["seconds"] for r in rs)
-        flops = 6 * non_embedding_params(spec) * tokens_per_s
-        if args.method == "lora":
-            flops *= 2 / 3  # frozen weights need no weight gradients
+        mean_context = rs[0]["tokens_squared"] / rs[0]["tokens"]  # a token's sample length, averaged over tokens
         return {
+            "method": method,
             "samples_per_s": statistics.median(r["samples"] / r["seconds"] for r in rs),
             "tokens_per_s": tokens_per_s,
             "peak_rss_gib": statistics.median(r["peak_rss_gib"] for r in rs),
+            "train_peak_rss_gib": statistics.median(r["train_peak_rss_gib"] for r in rs),
             "eval_loss": statistics.median(r["eval_loss"] for r in rs),
             "steps": rs[0]["steps"],
-            "mfu": flops / (ceiling * 1e12),
+            "mfu": model_flops_per_token(spec, method, mean_context) * tokens_per_s / (ceiling * 1e12),
         }
 
     result = {
         "workload": args.workload,
-        "method": args.method,
         "precision": args.precision,
+        "compile": not args.no_compile,
         "records": records,
         "pairs": pairs,
         "threads": args.threads,
         "matmul_tflops": ceiling,
-        "xtune": summary("xtune"),
-        "baseline": summary("hf"),
-        "speedup_samples_per_s": statistics.median(
-            (x["samples"] / x["seconds"]) / (h["samples"] / h["seconds"])
-            for x, h in zip(runs["xtune"], runs["hf"], strict=True)
-        ),
+        **{label: summary(label, method) for label, _, method in sides},
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }
-    result["rss_ratio"] = result["xtune"]["peak_rss_gib"] / result["baseline"]["peak_rss_gib"]
+    for label, _, _ in sides[1:]:  # ratios of runs made side by side, then their median
+        result[label]["speedup_samples_per_s"] = statistics.median(
+            (x["samples"] / x["seconds"]) / (b["samples"] / b["seconds"])
+            for x, b in zip(runs[label], runs["baseline"], strict=True)
+        )
+        result[label]["peak_rss_ratio"] = result[label]["peak_rss_gib"] / result["baseline"]["peak_rss_gib"]
+        result[label]["train_peak_rss_ratio"] = (
+            result[label]["train_peak_rss_gib"] / result["baseline"]["train_peak_rss_gib"]
+        )
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    x, b = result["xtune"], result["baseline"]
     print(
-        f"{args.workload} {args.method} {args.precision}, {records} records, {pairs} pair(s), "
-        f"matmul ceiling {ceiling:.2f} TFLOP/s"
+        f"{args.workload} {args.precision}, compile {'off' if args.no_compile else 'on'}, {records} records, "
+        f"{pairs} pair(s), matmul ceiling {ceiling:.2f} TFLOP/s"
     )
-    print(f"{'':10s} {'samples/s':>10s} {'tokens/s':>10s} {'peak RSS':>9s} {'eval loss':>10s} {'MFU':>6s}")
-    for name, r in (("xtune", x), ("baseline", b)):
+    header = f"{'':22s} {'samples/s':>10s} {'tokens/s':>10s} {'peak RSS':>9s} {'in train':>9s} {'eval loss':>10s}"
+    print(header + f" {'MFU':>6s} {'speedup':>8s}")
+    for label, side, method in sides:
+        r = result[label]
+        speedup = f"{r['speedup_samples_per_s']:7.2f}x" if "speedup_samples_per_s" in r else ""
         print(
-            f"{name:10s} {r['samples_per_s']:10.2f} {r['tokens_per_s']:10.0f} {r['peak_rss_gib']:8.2f}G "
-            f"{r['eval_loss']:10.4f} {r['mfu']:6.1%}"
+            f"{side + ' ' + method:22s} {r['samples_per_s']:10.2f} {r['tokens_per_s']:10.0f} "
+            f"{r['peak_rss_gib']:8.2f}G {r['train_peak_rss_gib']:8.2f}G {r['eval_loss']:10.4f} "
+            f"{r['mfu']:6.1%} {speedup}"
         )
-    print(
-        f"speedup (samples/s, median of pairs): {result['speedup_samples_per_s']:.2f}x; "
-        f"peak RSS ratio {result['rss_ratio']:.2f}"
-    )
 
 
 if __name__ == "__main__":

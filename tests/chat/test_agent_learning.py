@@ -100,6 +100,7 @@ def trained(tmp_path_factory):
                 "warmup_ratio": 0.05,
                 "mixed_precision": "fp32",
                 "log_every": 50,
+                "compile": True,  # the compiled path learns as eager does, and the 700 steps take less CI time
             },
             "saving": {"save_steps": 10_000},
             "evaluation": {"tools": ["calculate", "solve"], "list_tools": False, "system": "", "max_new_tokens": 128},

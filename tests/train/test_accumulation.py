@@ -69,11 +69,18 @@ def test_loss_sum_over_trained_tokens_is_transformers_loss(model, monkeypatch):
     assert abs(ours.item() - reference.item()) <= 1e-6
     assert_same_grads(grads(model), want)
 
-    monkeypatch.setattr(loss_module, "CHUNK_TOKENS", 7)  # 55 trained positions: 8 chunks, the last one short
-    chunked = loss_sum(model, batch) / n
-    chunked.backward()
+    monkeypatch.setattr(loss_module, "CHUNK_TOKENS", 7)
+    head_rows = []  # rows of every head call, the backward's recomputation included
+    hook = model.lm_head.register_forward_hook(lambda module, args, out: head_rows.append(args[0].shape[0]))
+    try:
+        chunked = loss_sum(model, batch) / n
+        chunked.backward()
+    finally:
+        hook.remove()
     assert abs(chunked.item() - reference.item()) <= 1e-6
     assert_same_grads(grads(model), want)
+    # full-vocabulary logits exist for one chunk at a time, never for the whole batch (55 positions, padded to 256)
+    assert max(head_rows) == 7 and sum(head_rows) == 2 * loss_module.POSITIONS_MULTIPLE
 
 
 def test_padded_batch_costs_what_its_rows_cost_alone(model):

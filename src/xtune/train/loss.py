@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
 from xtune.data.encode import IGNORE_INDEX
+from xtune.errors import ConfigError
 
 CHUNK_TOKENS = 2048
 POSITIONS_MULTIPLE = 256
@@ -77,7 +78,9 @@ def compile_decoder_layers(model: torch.nn.Module) -> None:
     decoder = causal_lm(model).get_decoder()
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList):
-        raise ValueError(f"training.compile: no decoder layers found in {type(decoder).__name__}")
+        raise ConfigError(
+            f"training.compile: {type(decoder).__name__} has no `layers` list to compile; set training.compile: false"
+        )
     for layer in layers:
         layer.compile()
 
