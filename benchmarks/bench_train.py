@@ -72,6 +72,7 @@ WORKLOADS = {
         max_len=500,
         max_length=512,
         batch=4,
+        gradient_checkpointing=True,  # as XTuner's QLoRA presets: activations would otherwise dominate
     ),
 }
 LORA = dict(r=16, alpha=32, dropout=0.0)
@@ -141,7 +142,13 @@ def encoded_records(root: Path, max_length: int):
 
 
 def base_config(
-    root: Path, method: str, max_length: int, batch_rows: int, precision: str = "fp32", compile: bool = False
+    root: Path,
+    method: str,
+    max_length: int,
+    batch_rows: int,
+    precision: str = "fp32",
+    compile: bool = False,
+    gradient_checkpointing: bool = False,
 ) -> dict:
     return {
         "model": {
@@ -149,6 +156,7 @@ def base_config(
             "method": method,
             "lora": {**LORA, "target_modules": "all-linear"},
             "dtype": "float32",
+            "gradient_checkpointing": gradient_checkpointing,
         },
         "data": {
             "datasets": [{"path": str(root / "data.jsonl"), "format": "alpaca"}],
@@ -220,7 +228,8 @@ def worker_xtune(root: Path, method: str, spec: dict, precision: str, compile: b
     mean_len = statistics.mean(len(s.input_ids) for s in samples)
     # The same number of tokens per optimizer step as the baseline's batch of `batch` samples.
     rows = max(1, round(spec["batch"] * mean_len / spec["max_length"]))
-    cfg = validate_config(base_config(root, method, spec["max_length"], rows, precision, compile))
+    checkpointing = spec.get("gradient_checkpointing", False)
+    cfg = validate_config(base_config(root, method, spec["max_length"], rows, precision, compile, checkpointing))
     recipe = FinetuneRecipe(cfg, root / f"xtune_{method}_{os.getpid()}", device=torch.device("cpu"))
     recipe.setup()
     reset_peak_rss()
@@ -264,6 +273,7 @@ def worker_hf(root: Path, method: str, spec: dict, precision: str, compile: bool
         warmup_steps=0.03,
         weight_decay=0.0,
         max_grad_norm=1.0,
+        gradient_checkpointing=spec.get("gradient_checkpointing", False),
         bf16=precision == "bf16",
         use_cpu=True,
         logging_steps=1000,
@@ -356,7 +366,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--records", type=int, help="override the workload's record count")
     parser.add_argument("--no-compile", action="store_true", help="xtune without training.compile")
-    parser.add_argument("--quick", action="store_true", help="a reduced run (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="at most 300 records, one pair (2-3 min on 2 cores)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--worker", choices=["xtune", "hf"], help=argparse.SUPPRESS)
