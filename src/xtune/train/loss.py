@@ -7,6 +7,8 @@ positions are checkpointed, so peak logits memory is one chunk's whatever the ba
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -38,7 +40,9 @@ def head_loss(
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
-def loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor], head_loss_fn=head_loss) -> torch.Tensor:
+def loss_sum(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], head_loss_fn: Callable[..., torch.Tensor] = head_loss
+) -> torch.Tensor:
     """Sum of next-token cross-entropy over every trained position of the batch (fp32). `head_loss_fn`: head_loss
     or its compiled twin (training.compile)."""
     lm = causal_lm(model)
