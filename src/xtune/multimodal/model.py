@@ -139,17 +139,15 @@ def build_base(settings: ModelSettings, tokenizer: PreTrainedTokenizerBase, out:
     return write_atomically(out, write)
 
 
-def load_llava(model_dir: Path, settings: ModelSettings, device: torch.device) -> LlavaForConditionalGeneration:
-    """A LLaVA directory loaded for training: the LLM quantised to 4 bits for QLoRA, the rest as is."""
+def load_llava(
+    model_dir: Path, settings: ModelSettings, device: torch.device, compute_dtype: torch.dtype | None = None
+) -> LlavaForConditionalGeneration:
+    """A LLaVA directory loaded for training: the LLM quantised to 4 bits for QLoRA (computing in `compute_dtype`,
+    as load_base_model), the rest as is."""
     dtype = resolve_dtype(settings.dtype, device)
-    quant = {}
-    if settings.method == "qlora":
-        quant = quantization_kwargs(4, device, dtype)
-        quant["quantization_config"].llm_int8_skip_modules = NOT_QUANTISED
+    quant = quantization_kwargs(4, device, compute_dtype or dtype) if settings.method == "qlora" else {}
     attn = None if settings.attn_implementation == "auto" else settings.attn_implementation
-    model = LlavaForConditionalGeneration.from_pretrained(
-        model_dir, dtype=dtype, attn_implementation=attn, local_files_only=True, **quant
-    )
+    model = causal_lm_from_pretrained(model_dir, dtype=dtype, attn_implementation=attn, **quant)
     if not quant:
         model.to(device)
     model.config.use_cache = model.config.text_config.use_cache = False  # see load_base_model

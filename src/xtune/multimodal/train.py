@@ -38,11 +38,17 @@ class MultimodalRun:
         self.base_dir = self.work_dir / "base_model"
         self.map_fn_of = map_fn_of(self.cfg, self.image_tokens)
 
-    def model(self, tokenizer: PreTrainedTokenizerBase, device: torch.device, world: World) -> torch.nn.Module:
+    def model(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        device: torch.device,
+        world: World,
+        compute_dtype: torch.dtype | None = None,
+    ) -> torch.nn.Module:
         with main_first(world):
             if world.is_main:
                 build_base(self.cfg.model, tokenizer, self.base_dir, self.cfg.training.seed)
-        llava = load_llava(self.base_dir.resolve(), self.cfg.model, device)
+        llava = load_llava(self.base_dir.resolve(), self.cfg.model, device, compute_dtype)
         self.config = llava.config
         return prepare_for_training(llava, self.cfg.model)
 

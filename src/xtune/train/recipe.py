@@ -76,15 +76,18 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
-def autocast_context(mode: str, device: torch.device):
-    """bf16 autocast on a GPU that has it, and on CPUs with AMX/AVX512-BF16, where it is faster than fp32."""
+def autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    """bf16 on a GPU that has it, and on CPUs with AMX/AVX512-BF16, where it is faster than fp32; None: fp32."""
     if mode == "auto":
         on_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported()
         on_cpu = device.type == "cpu" and cpu_has_fast_bf16()
         mode = "bf16" if on_gpu or on_cpu else "fp32"
-    if mode == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return torch.bfloat16 if mode == "bf16" else None
+
+
+def autocast_context(mode: str, device: torch.device):
+    dtype = autocast_dtype(mode, device)
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 class FinetuneRecipe:
@@ -131,11 +134,12 @@ class FinetuneRecipe:
         with main_first(world):  # rank 0 tokenizes and caches, the other ranks read the cache
             map_fn_of = self.multimodal.map_fn_of if self.multimodal else None
             self.data = build_training_data(cfg.data, self.tokenizer, self.template, cfg.training.seed, map_fn_of)
+        compute_dtype = autocast_dtype(t.mixed_precision, self.device)  # QLoRA's 4-bit layers compute in it
         if self.multimodal:
-            self.model = self.multimodal.model(self.tokenizer, self.device, world)
+            self.model = self.multimodal.model(self.tokenizer, self.device, world, compute_dtype)
             self.collate = self.multimodal.collator(self.tokenizer)
         else:
-            self.model = self._language_model()
+            self.model = self._language_model(compute_dtype)
             pad_id, flat = self.tokenizer.pad_token_id, needs_flat_batches(self.model)
             self.collate = partial(collate, pad_token_id=pad_id, flatten=flat)
         self.model.train()
@@ -180,7 +184,7 @@ class FinetuneRecipe:
         if resume:
             self._resume(resume)
 
-    def _language_model(self) -> torch.nn.Module:
+    def _language_model(self, compute_dtype: torch.dtype | None) -> torch.nn.Module:
         """The LLM to train: loaded (or randomly initialised, saved as the adapter's base) with its adapters."""
         cfg, world = self.cfg, self.world
         model_settings = cfg.model
@@ -190,7 +194,7 @@ class FinetuneRecipe:
                 if world.is_main:
                     save_random_init(model_settings, base_dir, cfg.training.seed)
             model_settings = model_settings.model_copy(update={"path": str(base_dir.resolve()), "random_init": False})
-        base = load_base_model(model_settings, self.device, cfg.training.seed)
+        base = load_base_model(model_settings, self.device, cfg.training.seed, compute_dtype)
         grown = fit_embeddings(base, self.tokenizer)
         # new tokens need trained rows whether the embedding grew or already had spare (untrained) rows for them
         return attach_adapters(base, cfg.model, train_embeddings=grown or bool(cfg.model.add_special_tokens))
