@@ -91,7 +91,8 @@ def release_checkpoint_mapping(model: torch.nn.Module) -> None:
     mapping stays, with every page that quantisation read still resident: a 4-bit 374M-parameter model held
     1.3 GiB of its fp32 checkpoint this way (RSS 1.90 -> 0.99 GiB after this copy)."""
     for tensor in [*model.parameters(), *model.buffers()]:
-        if tensor.is_floating_point():  # the packed 4/8-bit weights are integer tensors of their own already
+        # the packed 4/8-bit weights are integer tensors of their own already; on a GPU nothing is a view of the file
+        if tensor.is_floating_point() and tensor.device.type == "cpu":
             tensor.data = tensor.data.clone()
 
 
