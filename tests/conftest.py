@@ -47,6 +47,17 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def learning_threads():
+    """Two torch threads for a module whose fixture trains in-process for hundreds of steps: there one thread leaves
+    half of a 2-core machine idle (100 steps of the tool-use run: 42 s on two threads, 77 s on one). pytest runs
+    the modules one at a time, so nothing of the suite competes for the cores meanwhile."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("xtune_cache")

@@ -25,7 +25,8 @@ from xtune.train.recipe import FinetuneRecipe
 
 TRAIN_RECORDS = 4000
 # Measured: a 4-layer, 256-wide model copies the numbers into its calls for 40/40 held-out questions after 700
-# steps; a 128-wide one needed 1500 steps for 36/40.
+# steps, but copies the tool's result into its answer for only 34/40 (two threads); after 900 steps, 40/40 and 40/40.
+# A 128-wide one needed 1500 steps for 36/40 calls.
 WORD_PROBLEMS = [  # (question, expression): the numbers must go from the question into the call
     ("Tom has {a} apples and buys {b} more. How many apples does he have?", "{a} + {b}"),
     ("A box holds {a} pens. How many pens are in {b} boxes?", "{a} * {b}"),
@@ -61,7 +62,7 @@ def record(question: str, tool: str, arguments: dict, registry) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, learning_threads):
     """Fine-tune once; the tests below chat with the result."""
     root = tmp_path_factory.mktemp("agent")
     registry = build_registry(["calculate", "solve"])
@@ -93,14 +94,14 @@ def trained(tmp_path_factory):
                 "cache": False,
             },
             "training": {
-                "max_steps": 700,
+                "max_steps": 900,
                 "batch_size": 16,
                 "gradient_accumulation": 1,
                 "lr": 1e-3,
                 "warmup_ratio": 0.05,
                 "mixed_precision": "fp32",
                 "log_every": 50,
-                "compile": True,  # the compiled path learns as eager does, and the 700 steps take less CI time
+                "compile": True,  # the compiled path learns as eager does, and the steps take less CI time
             },
             "saving": {"save_steps": 10_000},
             "evaluation": {"tools": ["calculate", "solve"], "list_tools": False, "system": "", "max_new_tokens": 128},
@@ -113,14 +114,18 @@ def trained(tmp_path_factory):
     return recipe, final, registry, held_out
 
 
+def chat_session(recipe: FinetuneRecipe, registry) -> ChatSession:
+    settings = GenerationSettings(max_new_tokens=128)
+    return ChatSession(
+        recipe.model, recipe.tokenizer, recipe.template, settings, system="", tools=registry, list_tools=False
+    )
+
+
 def test_a_tiny_model_learns_to_call_tools_and_answer_with_their_results(trained):
     recipe, _, registry, held_out = trained
-    settings = GenerationSettings(max_new_tokens=128)
     well_formed = correct = 0
     for question, tool, arguments in held_out:
-        session = ChatSession(
-            recipe.model, recipe.tokenizer, recipe.template, settings, system="", tools=registry, list_tools=False
-        )
+        session = chat_session(recipe, registry)
         answer = session.ask(question)
         first_reply, result = session.history[1], session.history[2]
         # well-formed: the first reply calls the right tool, and the registry accepts the call
@@ -135,10 +140,14 @@ def test_a_tiny_model_learns_to_call_tools_and_answer_with_their_results(trained
 
 
 def test_xtune_chat_runs_the_tools_and_shows_each_call(trained, xtune_env, xtune_cmd):
-    """The saved model through the CLI: the trained config supplies the tools, the transcript shows the call."""
-    _, final, registry, held_out = trained
-    question, tool, arguments = next(p for p in held_out if p[1] == "calculate")
-    expected = registry.call(tool, arguments).text
+    """The saved model through the CLI: the trained config supplies the tools, the transcript shows the call. On a
+    question the model answers right in-process (it gets most, not all, right: the test above holds it to 80%)."""
+    recipe, final, registry, held_out = trained
+    question, tool, arguments, expected = next(
+        (q, t, a, registry.call(t, a).text)
+        for q, t, a in held_out
+        if t == "calculate" and chat_session(recipe, registry).ask(q) == f"The answer is {registry.call(t, a).text}."
+    )
     out = subprocess.run(
         [*xtune_cmd, "chat", str(final), "--greedy", "--prompt", question],
         env=xtune_env,

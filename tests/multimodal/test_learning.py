@@ -41,7 +41,7 @@ def train(stage: str, root: Path, data: Path, **model) -> FinetuneRecipe:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, learning_threads):
     root = tmp_path_factory.mktemp("llava")
     data = root / "shapes"
     write_dataset(data)
