@@ -210,10 +210,22 @@ def peak_rss_gib() -> float:
     return int(line.split()[1]) / 2**20
 
 
-def run_result(seconds: float, samples: list, steps: int, model) -> dict:
+def steady_tokens_per_s(marks: list[tuple[float, int]]) -> float:
+    """Real tokens/s between step boundaries after the first tenth of the steps. `marks`: (time, real tokens so far)
+    at the end of each step but the last (the epoch's short last batch). What MFU is quoted on: the first steps
+    also pay for compilation (xtune) and warm-up, which a longer run amortises."""
+    if len(marks) < 2:
+        return float("nan")
+    first = max(1, len(marks) // 10) - 1
+    (t0, n0), (t1, n1) = marks[first], marks[-1]
+    return (n1 - n0) / (t1 - t0)
+
+
+def run_result(seconds: float, samples: list, steps: int, model, marks: list[tuple[float, int]]) -> dict:
     train_peak = peak_rss_gib()  # before eval_loss, which is not training
     return {
         "seconds": seconds,
+        "steady_tokens_per_s": steady_tokens_per_s(marks),
         "samples": len(samples),
         "tokens": sum(len(s.input_ids) for s in samples),
         "tokens_squared": sum(len(s.input_ids) ** 2 for s in samples),
@@ -235,16 +247,26 @@ def worker_xtune(root: Path, method: str, spec: dict, precision: str, compile: b
     cfg = validate_config(base_config(root, method, spec["max_length"], rows, precision, compile, checkpointing))
     recipe = FinetuneRecipe(cfg, root / f"xtune_{method}_{os.getpid()}", device=torch.device("cpu"))
     recipe.setup()
+    marks, draw = [], recipe.micro_batches
+
+    def marked_batches(start: int):  # one micro-batch per step: each draw marks the end of the step before
+        seen = 0
+        for batch, n_real in draw(start):
+            marks.append((time.perf_counter(), seen))
+            seen += n_real
+            yield batch, n_real
+
+    recipe.micro_batches = marked_batches
     reset_peak_rss()
     start = time.perf_counter()
     recipe.train()
-    return run_result(time.perf_counter() - start, samples, recipe.total_steps, recipe.model)
+    return run_result(time.perf_counter() - start, samples, recipe.total_steps, recipe.model, marks[1:])
 
 
 def worker_hf(root: Path, method: str, spec: dict, precision: str, compile: bool) -> dict:
     import datasets
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
     samples, tokenizer = encoded_records(root, spec["max_length"])
     train = datasets.Dataset.from_dict(
@@ -286,17 +308,29 @@ def worker_hf(root: Path, method: str, spec: dict, precision: str, compile: bool
         seed=0,
         remove_unused_columns=False,
         disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
     )
+
+    class StepMarks(TrainerCallback):
+        def __init__(self):
+            self.marks = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.marks.append((time.perf_counter(), state.num_input_tokens_seen))
+
+    step_marks = StepMarks()
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=train,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        callbacks=[step_marks],
     )
     reset_peak_rss()
     start = time.perf_counter()
     trainer.train()
-    return run_result(time.perf_counter() - start, samples, trainer.state.global_step, model)
+    marks = step_marks.marks[:-1]
+    return run_result(time.perf_counter() - start, samples, trainer.state.global_step, model, marks)
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -413,7 +447,9 @@ def main() -> None:
     def summary(label: str, method: str) -> dict:
         rs = runs[label]
         tokens_per_s = statistics.median(r["tokens"] / r["seconds"] for r in rs)
+        steady = statistics.median(r["steady_tokens_per_s"] for r in rs)
         mean_context = rs[0]["tokens_squared"] / rs[0]["tokens"]  # a token's sample length, averaged over tokens
+        flops = model_flops_per_token(spec, method, mean_context)
         return {
             "method": method,
             "samples_per_s": statistics.median(r["samples"] / r["seconds"] for r in rs),
@@ -421,8 +457,10 @@ def main() -> None:
             "peak_rss_gib": statistics.median(r["peak_rss_gib"] for r in rs),
             "train_peak_rss_gib": statistics.median(r["train_peak_rss_gib"] for r in rs),
             "eval_loss": statistics.median(r["eval_loss"] for r in rs),
+            "steady_tokens_per_s": steady,
             "steps": rs[0]["steps"],
-            "mfu": model_flops_per_token(spec, method, mean_context) * tokens_per_s / (ceiling * 1e12),
+            "mfu": flops * steady / (ceiling * 1e12),
+            "mfu_end_to_end": flops * tokens_per_s / (ceiling * 1e12),
         }
 
     result = {
@@ -457,14 +495,14 @@ def main() -> None:
         f"{pairs} pair(s), matmul ceiling {ceiling:.2f} TFLOP/s"
     )
     header = f"{'':22s} {'samples/s':>10s} {'tokens/s':>10s} {'peak RSS':>9s} {'in train':>9s} {'eval loss':>10s}"
-    print(header + f" {'MFU':>6s} {'speedup':>8s}")
+    print(header + f" {'steady tok/s':>12s} {'MFU':>6s} {'(e2e)':>6s} {'speedup':>8s}")
     for label, side, method in sides:
         r = result[label]
         speedup = f"{r['speedup_samples_per_s']:7.2f}x" if "speedup_samples_per_s" in r else ""
         print(
             f"{side + ' ' + method:22s} {r['samples_per_s']:10.2f} {r['tokens_per_s']:10.0f} "
             f"{r['peak_rss_gib']:8.2f}G {r['train_peak_rss_gib']:8.2f}G {r['eval_loss']:10.4f} "
-            f"{r['mfu']:6.1%} {speedup}"
+            f"{r['steady_tokens_per_s']:12.0f} {r['mfu']:6.1%} {r['mfu_end_to_end']:6.1%} {speedup}"
         )
 
 
