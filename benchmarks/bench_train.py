@@ -229,6 +229,7 @@ def run_result(seconds: float, samples: list, steps: int, model, marks: list[tup
         "samples": len(samples),
         "tokens": sum(len(s.input_ids) for s in samples),
         "tokens_squared": sum(len(s.input_ids) ** 2 for s in samples),
+        "label_tokens": sum(label != -100 for s in samples for label in s.labels),
         "steps": steps,
         "train_peak_rss_gib": train_peak,
         "eval_loss": eval_loss(model, samples),
@@ -352,17 +353,28 @@ def matmul_tflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
 
 
-def non_embedding_params(spec: dict) -> int:
-    h, i, layers = spec["hidden"], spec["intermediate"], spec["layers"]
-    kv = h * spec["kv_heads"] // spec["heads"]
-    return layers * (2 * h * h + 2 * h * kv + 3 * h * i)
+def parameter_counts(model_dir: Path) -> tuple[int, int]:
+    """(non-embedding parameters, the output layer's) of the saved model. Non-embedding as Hugging Face
+    (`num_parameters(exclude_embeddings=True)`), torchtitan and nanoGPT count them for MFU: every parameter
+    outside an `nn.Embedding`, so an untied output layer is in (a tied one is the embedding, and out)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    head = model.get_output_embeddings().weight
+    tied = head is model.get_input_embeddings().weight
+    return model.num_parameters(exclude_embeddings=True), 0 if tied else head.numel()
 
 
-def model_flops_per_token(spec: dict, method: str, mean_context: float) -> float:
+def model_flops_per_token(
+    spec: dict, method: str, params: int, head_params: int, mean_context: float, head_fraction: float = 1.0
+) -> float:
     """Training FLOPs per token the model needs (not what a dense kernel spends): 6 x non-embedding parameters
     (4 for frozen ones: no weight gradients) plus causal attention over the token's own sample (per layer
-    2 matmuls x 2 x hidden x context forward, 3x that with backward, the context averaging half the sample)."""
-    linear = (6 if method == "full" else 4) * non_embedding_params(spec)
+    2 matmuls x 2 x hidden x context forward, 3x that with backward, the context averaging half the sample).
+    `head_fraction` < 1 counts the output layer only on that share of the tokens: the positions with a label,
+    the only ones the loss needs logits for."""
+    linear = (6 if method == "full" else 4) * (params - head_params * (1 - head_fraction))
     attention = 12 * spec["layers"] * spec["hidden"] * mean_context / 2
     return linear + attention
 
@@ -442,6 +454,7 @@ def main() -> None:
             ceilings.append(matmul_tflops(torch.bfloat16 if args.precision == "bf16" else torch.float32))
             for label, side, method in sides:  # alternate: the machine is shared and noisy
                 runs[label].append(launch(root, side, method, args))
+        params, head_params = parameter_counts(root / "model")
     ceiling = max(ceilings)
 
     def summary(label: str, method: str) -> dict:
@@ -449,7 +462,9 @@ def main() -> None:
         tokens_per_s = statistics.median(r["tokens"] / r["seconds"] for r in rs)
         steady = statistics.median(r["steady_tokens_per_s"] for r in rs)
         mean_context = rs[0]["tokens_squared"] / rs[0]["tokens"]  # a token's sample length, averaged over tokens
-        flops = model_flops_per_token(spec, method, mean_context)
+        flops = model_flops_per_token(spec, method, params, head_params, mean_context)
+        label_share = rs[0]["label_tokens"] / rs[0]["tokens"]
+        loss_flops = model_flops_per_token(spec, method, params, head_params, mean_context, label_share)
         return {
             "method": method,
             "samples_per_s": statistics.median(r["samples"] / r["seconds"] for r in rs),
@@ -460,6 +475,7 @@ def main() -> None:
             "steady_tokens_per_s": steady,
             "steps": rs[0]["steps"],
             "mfu": flops * steady / (ceiling * 1e12),
+            "mfu_head_on_labels": loss_flops * steady / (ceiling * 1e12),
             "mfu_end_to_end": flops * tokens_per_s / (ceiling * 1e12),
         }
 
@@ -472,6 +488,8 @@ def main() -> None:
         "pairs": pairs,
         "threads": args.threads,
         "matmul_tflops": ceiling,
+        "non_embedding_params": params,
+        "output_layer_params": head_params,
         **{label: summary(label, method) for label, _, method in sides},
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "torch": torch.__version__,
@@ -495,14 +513,15 @@ def main() -> None:
         f"{pairs} pair(s), matmul ceiling {ceiling:.2f} TFLOP/s"
     )
     header = f"{'':22s} {'samples/s':>10s} {'tokens/s':>10s} {'peak RSS':>9s} {'in train':>9s} {'eval loss':>10s}"
-    print(header + f" {'steady tok/s':>12s} {'MFU':>6s} {'(e2e)':>6s} {'speedup':>8s}")
+    print(header + f" {'steady tok/s':>12s} {'MFU':>6s} {'(head on labels)':>16s} {'(e2e)':>6s} {'speedup':>8s}")
     for label, side, method in sides:
         r = result[label]
         speedup = f"{r['speedup_samples_per_s']:7.2f}x" if "speedup_samples_per_s" in r else ""
         print(
             f"{side + ' ' + method:22s} {r['samples_per_s']:10.2f} {r['tokens_per_s']:10.0f} "
             f"{r['peak_rss_gib']:8.2f}G {r['train_peak_rss_gib']:8.2f}G {r['eval_loss']:10.4f} "
-            f"{r['steady_tokens_per_s']:12.0f} {r['mfu']:6.1%} {r['mfu_end_to_end']:6.1%} {speedup}"
+            f"{r['steady_tokens_per_s']:12.0f} {r['mfu']:6.1%} {r['mfu_head_on_labels']:16.1%} "
+            f"{r['mfu_end_to_end']:6.1%} {speedup}"
         )
 
 
