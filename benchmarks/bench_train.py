@@ -354,9 +354,10 @@ def matmul_tflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float
 
 
 def parameter_counts(model_dir: Path) -> tuple[int, int]:
-    """(non-embedding parameters, the output layer's) of the saved model. Non-embedding as Hugging Face
-    (`num_parameters(exclude_embeddings=True)`), torchtitan and nanoGPT count them for MFU: every parameter
-    outside an `nn.Embedding`, so an untied output layer is in (a tied one is the embedding, and out)."""
+    """(non-embedding parameters, the output layer's) of the saved model, counted as Hugging Face
+    (`num_parameters(exclude_embeddings=True)`) and torchtitan count them for MFU: every parameter outside an
+    `nn.Embedding`, so an untied output layer is in. A tied one is out here, as in HF's count (nanoGPT counts it,
+    as the output layer it also is); the workloads' models are untied."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
@@ -446,6 +447,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_workload(root, spec, records)
+        params, head_params = parameter_counts(root / "model")
         # Warm the tokenization cache (and the compile cache) so every timed run does the same work.
         launch(root, "xtune", sides[-1][2], args)
         runs = {label: [] for label, _, _ in sides}
@@ -454,7 +456,6 @@ def main() -> None:
             ceilings.append(matmul_tflops(torch.bfloat16 if args.precision == "bf16" else torch.float32))
             for label, side, method in sides:  # alternate: the machine is shared and noisy
                 runs[label].append(launch(root, side, method, args))
-        params, head_params = parameter_counts(root / "model")
     ceiling = max(ceilings)
 
     def summary(label: str, method: str) -> dict:
