@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from xtune.data.encode import IGNORE_INDEX
 from xtune.train.recipe import cpu_has_fast_bf16
 
 WORKLOADS = {
@@ -229,7 +230,7 @@ def run_result(seconds: float, samples: list, steps: int, model, marks: list[tup
         "samples": len(samples),
         "tokens": sum(len(s.input_ids) for s in samples),
         "tokens_squared": sum(len(s.input_ids) ** 2 for s in samples),
-        "label_tokens": sum(label != -100 for s in samples for label in s.labels),
+        "label_tokens": sum(label != IGNORE_INDEX for s in samples for label in s.labels),
         "steps": steps,
         "train_peak_rss_gib": train_peak,
         "eval_loss": eval_loss(model, samples),
@@ -324,7 +325,7 @@ def worker_hf(root: Path, method: str, spec: dict, precision: str, compile: bool
         model=model,
         args=args,
         train_dataset=train,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX),
         callbacks=[step_marks],
     )
     reset_peak_rss()
