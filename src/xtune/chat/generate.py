@@ -29,6 +29,8 @@ def _next_token(logits: torch.Tensor, settings: GenerationSettings, generator: t
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
+# Generation feeds the layers a new shape every token: compiled layers (training.compile) would recompile each time.
+@torch.compiler.set_stance("force_eager")
 @torch.no_grad()
 def generate(
     model: torch.nn.Module,
