@@ -9,8 +9,10 @@ directory at the end.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import math
+import os
 import time
 from functools import partial
 from pathlib import Path
@@ -76,6 +78,28 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
+def keep_freed_memory_for_reuse() -> bool:
+    """Have glibc keep freed blocks of up to 1 GiB in its heap instead of returning each one over 32 MiB to the
+    system. Training on CPU frees and reallocates the same large blocks every step (logits, the embedding's and
+    the head's gradients); returned, each comes back as a fresh mapping whose pages fault in on first touch (a
+    1280 x 32000 fp32 tensor: 41 ms to allocate and fill, 10 ms reused). 1.06x per step on the medium full
+    fine-tune (docs/benchmarks.md). Left alone where the user tunes malloc themselves (MALLOC_*_ variables) or
+    the C library is not glibc; True when applied."""
+    user_tuned = any(k.startswith("MALLOC_") for k in os.environ) or "malloc" in os.environ.get("GLIBC_TUNABLES", "")
+    if user_tuned or not _glibc():
+        return False
+    libc = ctypes.CDLL(None)
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def _glibc() -> bool:
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+    except (ValueError, OSError, AttributeError):  # not Linux, or not glibc
+        return False
+
+
 def autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     """bf16 on a GPU that has it, and on CPUs with AMX/AVX512-BF16, where it is faster than fp32; None: fp32."""
     if mode == "auto":
@@ -111,6 +135,8 @@ class FinetuneRecipe:
         self.ds_config = deepspeed_engine.load_deepspeed_config(t) if t.engine == "deepspeed" else None
         self.zero3 = self.ds_config is not None and deepspeed_engine.zero_stage(self.ds_config) == 3
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.device.type == "cpu":
+            keep_freed_memory_for_reuse()
         self.console = Console(stderr=True)
         # From the start, so setup and resume are logged too; one log, written by rank 0.
         setup_logging(self.work_dir / "train.log" if world.is_main else None, self.console)
@@ -356,15 +382,13 @@ class FinetuneRecipe:
         tools = build_registry(ev.tools, ev.search_docs) if ev.tools else None
         system = ev.system or self.cfg.data.system
         lines = []
-        # Generation feeds the layers a new shape every token: compiled (training.compile), each would recompile.
-        with torch.compiler.set_stance("force_eager"):
-            for prompt in ev.inputs:
-                session = ChatSession(
-                    self.model, self.tokenizer, self.template, settings, system, tools=tools, list_tools=ev.list_tools
-                )
-                reply = session.ask(prompt)
-                lines.append(f"### {prompt}\n{reply}\n")
-                logger.info(f"eval step {self.step}: {prompt!r} -> {reply!r}")
+        for prompt in ev.inputs:
+            session = ChatSession(
+                self.model, self.tokenizer, self.template, settings, system, tools=tools, list_tools=ev.list_tools
+            )
+            reply = session.ask(prompt)
+            lines.append(f"### {prompt}\n{reply}\n")
+            logger.info(f"eval step {self.step}: {prompt!r} -> {reply!r}")
         (self.work_dir / f"eval_outputs_step_{self.step}.txt").write_text("\n".join(lines), encoding="utf-8")
 
     def save_final(self) -> Path:
