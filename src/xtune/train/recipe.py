@@ -83,13 +83,13 @@ def keep_freed_memory_for_reuse() -> bool:
     system. Training on CPU frees and reallocates the same large blocks every step (logits, the embedding's and
     the head's gradients); returned, each comes back as a fresh mapping whose pages fault in on first touch (a
     1280 x 32000 fp32 tensor: 41 ms to allocate and fill, 10 ms reused). 1.06x per step on the medium full
-    fine-tune (docs/benchmarks.md). Left alone where the user tunes malloc themselves (MALLOC_*_ variables) or
-    the C library is not glibc; True when applied."""
+    fine-tune (docs/benchmarks.md). Process-wide, and left alone where the user tunes the allocator (any MALLOC_*
+    variable, glibc malloc tunables) or the C library is not glibc; True when applied."""
     user_tuned = any(k.startswith("MALLOC_") for k in os.environ) or "malloc" in os.environ.get("GLIBC_TUNABLES", "")
     if user_tuned or not _glibc():
         return False
     libc = ctypes.CDLL(None)
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h; mallopt takes a C int
     return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
@@ -135,8 +135,6 @@ class FinetuneRecipe:
         self.ds_config = deepspeed_engine.load_deepspeed_config(t) if t.engine == "deepspeed" else None
         self.zero3 = self.ds_config is not None and deepspeed_engine.zero_stage(self.ds_config) == 3
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        if self.device.type == "cpu":
-            keep_freed_memory_for_reuse()
         self.console = Console(stderr=True)
         # From the start, so setup and resume are logged too; one log, written by rank 0.
         setup_logging(self.work_dir / "train.log" if world.is_main else None, self.console)
@@ -273,6 +271,11 @@ class FinetuneRecipe:
             f"model: {cfg.model.method}, {trainable:,} trainable of {total:,} parameters; "
             f"{self.total_steps} steps of {t.batch_size} x {t.gradient_accumulation} rows on {self.device}"
         )
+        # From here, not before loading: what loading frees (a checkpoint's fp32 tensors that a dtype cast replaced)
+        # goes back to the system instead of staying in the heap. Not for QLoRA, which is chosen for memory: there
+        # the kept blocks raised the training peak 2.57 -> 2.73 GiB, 0.52x LoRA's (docs/benchmarks.md).
+        if self.device.type == "cpu" and cfg.model.method != "qlora" and keep_freed_memory_for_reuse():
+            logger.info("glibc keeps freed blocks up to 1 GiB for reuse (set any MALLOC_* variable to opt out)")
         world = self.world
         batches = self.micro_batches(self.step * self.micro_batches_per_step)
         autocast = autocast_context(t.mixed_precision, self.device)
