@@ -1,20 +1,23 @@
 """training.compile: the compiled decoder layers and loss train exactly what eager training trains (fp32, so the
 only differences are kernel rounding), under gradient checkpointing too, and evaluation generations between steps
-still run (eagerly) on the compiled model, without compiling anything for generation's changing shapes."""
+still run (eagerly) on the compiled model, and generation compiles nothing for its shapes, new every token."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from torch._dynamo.utils import counters
+from transformers import AutoConfig, AutoModelForCausalLM
 
+from xtune.assets import resolve_path
 from xtune.chat.generate import GenerationSettings, generate
+from xtune.train.loss import compile_decoder_layers
 from xtune.train.recipe import FinetuneRecipe
 
 from .conftest import read_metrics, small_config
 
 
-def train(method: str, cache_dir, work_dir, compile: bool, gradient_checkpointing: bool) -> FinetuneRecipe:
+def train(method: str, cache_dir, work_dir, compile: bool, gradient_checkpointing: bool) -> list[dict]:
     cfg = small_config(
         method,
         cache_dir,
@@ -25,16 +28,15 @@ def train(method: str, cache_dir, work_dir, compile: bool, gradient_checkpointin
     recipe = FinetuneRecipe(cfg, work_dir, device=torch.device("cpu"))
     recipe.setup()
     recipe.train()
-    return recipe
+    return read_metrics(work_dir)
 
 
 @pytest.mark.parametrize(("method", "gradient_checkpointing"), [("lora", False), ("full", True)])
 def test_compiled_training_matches_eager(method, gradient_checkpointing, cache_dir, tmp_path):
-    train(method, cache_dir, tmp_path / "eager", False, gradient_checkpointing)
+    eager = train(method, cache_dir, tmp_path / "eager", False, gradient_checkpointing)
     graphs_before = counters["stats"]["unique_graphs"]
-    recipe = train(method, cache_dir, tmp_path / "compiled", True, gradient_checkpointing)
+    compiled = train(method, cache_dir, tmp_path / "compiled", True, gradient_checkpointing)
     assert counters["stats"]["unique_graphs"] > graphs_before  # the layers and the loss did compile
-    eager, compiled = read_metrics(tmp_path / "eager"), read_metrics(tmp_path / "compiled")
 
     for have, want in zip(compiled, eager, strict=True):
         assert have["loss"] == pytest.approx(want["loss"], rel=1e-5), (have, want)
@@ -43,8 +45,13 @@ def test_compiled_training_matches_eager(method, gradient_checkpointing, cache_d
     assert sorted(p.name for p in (tmp_path / "compiled").glob("eval_outputs_*")) == [
         f"eval_outputs_step_{s}.txt" for s in (0, 3, 6)
     ]
-    torch._dynamo.reset()  # forget the graphs compiled so far: generation could otherwise reuse a dynamic one
+
+
+def test_generation_on_compiled_layers_compiles_nothing(tiny_tokenizer):
+    """A model trained with training.compile and then chatted with in the same process (tests, notebooks)."""
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_path("builtin:tiny-llama")))
+    compile_decoder_layers(model)
     graphs_before = counters["stats"]["unique_graphs"]
-    prompt = recipe.tokenizer("hello there")["input_ids"]
-    generate(recipe.model, recipe.tokenizer, prompt, GenerationSettings(max_new_tokens=8))
+    prompt = tiny_tokenizer("hello there")["input_ids"]
+    generate(model, tiny_tokenizer, prompt, GenerationSettings(max_new_tokens=4))
     assert counters["stats"]["unique_graphs"] == graphs_before
