@@ -48,7 +48,8 @@ class ModelSettings(_Section):
     method: Literal["full", "lora", "qlora", "frozen"] = "lora"
     lora: LoraSettings = LoraSettings()
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    # auto: transformers' choice for the model (SDPA where supported). All keep packed samples apart.
+    # auto: transformers' choice for the model (SDPA where supported), except that compiled training on CPU
+    # attends in causal chunks (models/attention.py; faster than torch's CPU kernel). All keep packed samples apart.
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     gradient_checkpointing: bool = False
     trust_remote_code: bool = False

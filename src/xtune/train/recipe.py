@@ -29,6 +29,7 @@ from xtune.data import build_training_data
 from xtune.data.packing import collate, epoch_batches, group_lengths, needs_flat_batches
 from xtune.errors import ConfigError
 from xtune.io import write_atomically
+from xtune.models.attention import use_causal_chunked_attention
 from xtune.models.load import (
     attach_adapters,
     default_device,
@@ -50,7 +51,7 @@ from xtune.train.checkpoint import (
     write_fsdp_shards,
 )
 from xtune.train.distributed import all_reduce_sum, barrier, device_for, init_world, main_first, wrap
-from xtune.train.loss import CausalLMLoss, compile_decoder_layers, count_trained_tokens
+from xtune.train.loss import CausalLMLoss, causal_lm, compile_decoder_layers, count_trained_tokens
 from xtune.train.metrics import RunLog, logger, setup_logging
 
 CONFIG_FILE = "xtune_config.yaml"
@@ -177,6 +178,8 @@ class FinetuneRecipe:
         self.adapter_only = cfg.model.method != "full"  # sharded checkpoints and exports skip the frozen base
         if t.compile:
             compile_decoder_layers(self.model)
+            if self.device.type == "cpu" and cfg.model.attn_implementation == "auto":
+                use_causal_chunked_attention(causal_lm(self.model).get_decoder().config)
         self.loss_module = CausalLMLoss(self.model, compile=t.compile)
         if self.ds_config is None:
             self.loss_module = wrap(self.loss_module, t.engine, world)
