@@ -381,6 +381,17 @@ def model_flops_per_token(
     return linear + attention
 
 
+def machine() -> str:
+    """The CPU's model name and what decides its bf16 speed: the project's box changed from a Xeon with AMX to an
+    AMD EPYC without it between two runs of this script, and every rate with it."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    name = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), platform.machine())
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()  # private; absent on other builds
+    features = "AMX" if amx else "AVX512-BF16" if cpu_has_fast_bf16() else "no fast bf16"
+    return f"{name}, {os.cpu_count()} cores, {features}"
+
+
 def launch(root: Path, side: str, method: str, args: argparse.Namespace) -> dict:
     cmd = [
         sys.executable,
@@ -493,7 +504,7 @@ def main() -> None:
         "non_embedding_params": params,
         "output_layer_params": head_params,
         **{label: summary(label, method) for label, _, method in sides},
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": machine(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }
