@@ -1,6 +1,6 @@
 """The chunked causal attention used in compiled CPU training: it computes what SDPA computes under the same
 masks (packed samples, plain causal, grouped key heads, lengths the chunks do not divide), gradients included;
-in bf16 it stays within the error of torch's own bf16 kernel; outside compiled code it is SDPA itself."""
+in bf16 it is about as precise as transformers' eager attention; outside compiled code it is SDPA itself."""
 
 from __future__ import annotations
 
