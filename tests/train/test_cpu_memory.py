@@ -1,6 +1,8 @@
-"""keep_freed_memory_for_reuse: glibc keeps large freed blocks in its heap for the next step instead of returning
-them to the system, so reallocating one does not fault its pages in again; a user's own malloc tuning is left alone;
-CPU training applies it, except QLoRA's. The probes run in their own processes: the setting is process-wide."""
+"""glibc's malloc settings for CPU training. keep_freed_memory_for_reuse: large freed blocks stay in the heap for
+the next step instead of going back to the system, so reallocating one does not fault its pages in again.
+return_freed_blocks_over_4_mib (QLoRA): each block over 4 MiB goes back, also after glibc has seen such blocks freed
+(by default it then keeps them in a heap that fragments). A user's own malloc tuning is left alone. The probes run
+in their own processes: the settings are process-wide."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from .conftest import small_config
 
 PROBE = """
 import ctypes, resource, torch
-from xtune.train.recipe import keep_freed_memory_for_reuse
+from xtune.train import recipe
 
 class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2, all size_t
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -25,14 +27,14 @@ class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2, all size_t
 
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
-applied = keep_freed_memory_for_reuse()
+applied = getattr(recipe, "{setting}")() if "{setting}" else False  # "": glibc's defaults
 
 def a_fresh_block():
-    # Page faults while a 64 MiB block (above glibc's largest default mmap threshold) is allocated and filled, and
-    # the bytes glibc then holds in separate mappings.
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    block = torch.empty(64 * 2**20, dtype=torch.uint8).fill_(1)
-    faults, mapped = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, libc.mallinfo2().hblkhd
+    # Page faults while a block is allocated and filled, and the bytes glibc then holds in separate mappings.
+    before, mapped_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, libc.mallinfo2().hblkhd
+    block = torch.empty({mib} * 2**20, dtype=torch.uint8).fill_(1)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    mapped = libc.mallinfo2().hblkhd - mapped_before
     del block
     return faults, mapped
 
@@ -41,43 +43,60 @@ def a_fresh_block():
 for _ in range(4):
     a_fresh_block()
 steady = [a_fresh_block() for _ in range(4)]
-print("PROBE", applied, sum(f for f, _ in steady), max(m for _, m in steady))
+print("PROBE", applied, sum(f for f, _ in steady), min(m for _, m in steady), max(m for _, m in steady))
 """
 PAGES_IN_FOUR_BLOCKS = 4 * 64 * 2**20 // os.sysconf("SC_PAGE_SIZE")
 
 
-def probe(**env: str) -> tuple[bool, int, int]:
-    """(applied, page faults of 4 reallocations, the most bytes glibc held in separate mappings meanwhile)."""
+def probe(setting: str = "keep_freed_memory_for_reuse", mib: int = 64, **env: str) -> tuple[bool, int, int, int]:
+    """Four reallocations of a `mib` block after `setting`: (applied, their page faults, the fewest and the most
+    bytes glibc held in separate mappings while each was alive)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    code = PROBE.replace("{setting}", setting).replace("{mib}", str(mib))
     out = subprocess.run(
-        [sys.executable, "-c", PROBE], env={**clean, **env}, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stderr
     line = next(line for line in out.stdout.splitlines() if line.startswith("PROBE "))
-    _, applied, faults, mapped = line.split()
-    return applied == "True", int(faults), int(mapped)
+    _, applied, faults, fewest, most = line.split()
+    return applied == "True", int(faults), int(fewest), int(most)
 
 
 def test_a_freed_large_block_is_reused_without_faulting_its_pages_in_again():
-    applied, faults, mapped = probe()
+    applied, faults, _, mapped = probe()
     assert applied
     assert mapped < 64 * 2**20, mapped  # the block came from the heap, not from a mapping of its own
     assert faults < PAGES_IN_FOUR_BLOCKS // 100, faults
 
 
 def test_the_users_own_malloc_settings_are_left_alone():
-    applied, _, mapped = probe(MALLOC_MMAP_THRESHOLD_=str(32 * 2**20))
+    applied, _, _, mapped = probe(MALLOC_MMAP_THRESHOLD_=str(32 * 2**20))
     assert not applied
     assert mapped >= 64 * 2**20, mapped  # glibc's behaviour, which the setting changes: a mapping of its own
 
 
-@pytest.mark.parametrize(("method", "applied"), [("lora", True), ("qlora", False)])
-def test_cpu_training_applies_it_except_for_qlora(method, applied, cache_dir, tmp_path, monkeypatch):
+def test_for_qlora_a_freed_block_over_4_mib_goes_back_every_time():
+    applied, _, fewest, _ = probe("return_freed_blocks_over_4_mib", mib=6)
+    assert applied
+    assert fewest >= 6 * 2**20, fewest  # each block was a mapping of its own, unmapped when freed
+
+
+def test_by_default_glibc_keeps_such_blocks_after_the_first():
+    """What the QLoRA setting changes: after freeing a 6 MiB mapping glibc serves the next ones from its heap."""
+    _, _, fewest, _ = probe("", mib=6)
+    assert fewest < 6 * 2**20, fewest
+
+
+@pytest.mark.parametrize(
+    ("method", "setting"), [("lora", "keep_freed_memory_for_reuse"), ("qlora", "return_freed_blocks_over_4_mib")]
+)
+def test_cpu_training_applies_the_methods_setting(method, setting, cache_dir, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(recipe_module, "keep_freed_memory_for_reuse", lambda: calls.append(1) or False)
+    for name in ("keep_freed_memory_for_reuse", "return_freed_blocks_over_4_mib"):
+        monkeypatch.setattr(recipe_module, name, lambda name=name: calls.append(name) or False)
     cfg = small_config(method, cache_dir, training={"max_steps": 1}, evaluation={"inputs": []})
     recipe = recipe_module.FinetuneRecipe(cfg, tmp_path, device=torch.device("cpu"))
     recipe.setup()
     assert not calls  # not while loading: what loading frees goes back to the system
     recipe.train()
-    assert calls == ([1] if applied else [])
+    assert calls == [setting]

@@ -79,19 +79,36 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
+
+
 def keep_freed_memory_for_reuse() -> bool:
     """Have glibc keep freed blocks of up to 1 GiB in its heap instead of returning each one over 32 MiB to the
     system. Training on CPU frees and reallocates the same large blocks every step (logits, the embedding's and
     the head's gradients); returned, each comes back as a fresh mapping whose pages fault in on first touch (a
     1280 x 32000 fp32 tensor: 41 ms to allocate and fill, 10 ms reused). 1.06x per step on the medium full
-    fine-tune (docs/benchmarks.md). Process-wide, and left alone where the user tunes the allocator (any MALLOC_*
-    variable, glibc malloc tunables) or the C library is not glibc; True when applied."""
+    fine-tune (docs/benchmarks.md). True when applied (see set_glibc_malloc)."""
+    return set_glibc_malloc({M_MMAP_THRESHOLD: 1 << 30, M_TRIM_THRESHOLD: 2**31 - 1})
+
+
+def return_freed_blocks_over_4_mib() -> bool:
+    """Have glibc return every freed block over 4 MiB to the system, memory before speed, for QLoRA, which is
+    chosen for memory. By default glibc raises its mmap threshold to the size of each large block freed (up to
+    32 MiB), so the 4-32 MiB blocks of a step (dequantized weights, MLP activations) end up in a heap that
+    fragments: on a 1.1B model the training peak was 3.21 GiB with the default, 2.49 GiB with this, 1.97 GiB with
+    live tensors only, at 1.18x the step time (docs/benchmarks.md). True when applied (see set_glibc_malloc)."""
+    # glibc's default trim threshold, in case an earlier run in this process raised it
+    return set_glibc_malloc({M_MMAP_THRESHOLD: 4 << 20, M_TRIM_THRESHOLD: 128 << 10})
+
+
+def set_glibc_malloc(settings: dict[int, int]) -> bool:
+    """`mallopt` each (parameter, value). Process-wide, and left alone where the user tunes the allocator (any
+    MALLOC_* variable, glibc malloc tunables) or the C library is not glibc; True when applied."""
     user_tuned = any(k.startswith("MALLOC_") for k in os.environ) or "malloc" in os.environ.get("GLIBC_TUNABLES", "")
     if user_tuned or not _glibc():
         return False
     libc = ctypes.CDLL(None)
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h; mallopt takes a C int
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 2**31 - 1))
+    return all(libc.mallopt(parameter, value) for parameter, value in settings.items())
 
 
 def _glibc() -> bool:
@@ -275,10 +292,14 @@ class FinetuneRecipe:
             f"{self.total_steps} steps of {t.batch_size} x {t.gradient_accumulation} rows on {self.device}"
         )
         # From here, not before loading: what loading frees (a checkpoint's fp32 tensors that a dtype cast replaced)
-        # goes back to the system instead of staying in the heap. Not for QLoRA, which is chosen for memory: there
-        # the kept blocks raised the training peak 2.57 -> 2.73 GiB, 0.52x LoRA's (docs/benchmarks.md).
-        if self.device.type == "cpu" and cfg.model.method != "qlora" and keep_freed_memory_for_reuse():
-            logger.info("glibc keeps freed blocks up to 1 GiB for reuse (set any MALLOC_* variable to opt out)")
+        # goes back to the system instead of staying in the heap.
+        if self.device.type == "cpu":
+            if cfg.model.method == "qlora":  # chosen for memory
+                applied, what = return_freed_blocks_over_4_mib(), "returns freed blocks over 4 MiB to the system"
+            else:
+                applied, what = keep_freed_memory_for_reuse(), "keeps freed blocks up to 1 GiB for reuse"
+            if applied:
+                logger.info(f"glibc {what} (set any MALLOC_* variable to opt out)")
         world = self.world
         batches = self.micro_batches(self.step * self.micro_batches_per_step)
         autocast = autocast_context(t.mixed_precision, self.device)
