@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
         const=True,
         default=None,
         metavar="CHECKPOINT",
-        help="continue from the latest checkpoint in the work dir, or from CHECKPOINT",
+        help="continue from the newest whole checkpoint in the work dir (an error when there is none), from "
+        "CHECKPOINT, or with 'auto' from the newest one if there is one and from scratch otherwise",
     )
     p.set_defaults(func=cmd_train)
 

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from xtune.models.load import load_for_inference
 from xtune.templates import get_template
+from xtune.train.checkpoint import check_checkpoint
 from xtune.train.recipe import FinetuneRecipe
 
 from .conftest import load_base, read_metrics, small_config
@@ -126,7 +127,9 @@ def test_checkpoints_respect_save_total_limit(run):
             "optimizer.pt",
             "rng.safetensors",
             "trainer_state.json",
+            "manifest.json",
         }
+        assert check_checkpoint(checkpoint) is None
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         assert state["step"] == int(name.split("-")[1]) == state["scheduler"]["last_epoch"]
         assert set(load_file(checkpoint / "trainable.safetensors")) == trainable

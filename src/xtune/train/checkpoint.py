@@ -1,7 +1,9 @@
 """Resumable checkpoints, written atomically: a killed run resumes from its last checkpoint and loses nothing.
 
 A checkpoint holds what a run needs to continue exactly: the trainable weights (the adapter for LoRA/QLoRA)
-as safetensors, the optimizer state, the scheduler and step counters as JSON, and the RNG states.
+as safetensors, the optimizer state, the scheduler and step counters as JSON, and the RNG states. Its manifest,
+written last, records every file's size and CRC-32, so that resume can tell a checkpoint a crash, a full disk or a
+careless hand damaged from a good one, and fall back to the newest good one.
 """
 
 from __future__ import annotations
@@ -9,16 +11,20 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from xtune.io import write_atomically
+from xtune.errors import ConfigError
+from xtune.io import commit_directory, remove_stale_temporaries, write_atomically
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+SHARDED_TMP_RE = re.compile(r"^\.checkpoint-\d+\.tmp$")  # one name for every rank's writes, so no PID in it
 STATE_FILE = "trainer_state.json"
+MANIFEST_FILE = "manifest.json"
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -54,23 +60,115 @@ def save_checkpoint(
         save_file(rng_state(), tmp / "rng.safetensors")
         state = {"step": step, "scheduler": scheduler.state_dict(), **extra}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        write_manifest(tmp)
 
-    path = write_atomically(work_dir / f"checkpoint-{step}", write)
+    path = write_atomically(work_dir / f"checkpoint-{step}", write, needed_bytes=_checkpoint_bytes(work_dir))
     for old in list_checkpoints(work_dir)[:-keep]:
         shutil.rmtree(old)
     return path
 
 
 def list_checkpoints(work_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
+    """Checkpoint directories, oldest first, whole or damaged (see latest_resumable)."""
     if not work_dir.is_dir():
         return []
-    found = [
-        (int(m.group(1)), p)
-        for p in work_dir.iterdir()
-        if (m := CHECKPOINT_RE.match(p.name)) and (p / STATE_FILE).exists()
-    ]
+    found = [(int(m.group(1)), p) for p in work_dir.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found)]
+
+
+def checkpoint_to_resume(work_dir: Path, resume: str | bool | None) -> tuple[Path | None, list[str]]:
+    """The checkpoint `--resume` means, checked (None: start from scratch), and a line for each checkpoint skipped
+    and why. `resume`: True, the newest whole checkpoint in `work_dir`, which must exist; "auto", the same or
+    nothing; otherwise a checkpoint directory. Raises ConfigError when it cannot be honoured."""
+    if not resume:
+        return None, []
+    if resume is True or resume == "auto":
+        path, skipped = latest_resumable(work_dir)
+        if path is None and not skipped and resume == "auto":
+            return None, []
+        if path is None:
+            found = f"none of its {len(skipped)} checkpoint(s) is whole ({'; '.join(skipped)})" if skipped else ""
+            raise ConfigError(
+                f"--resume: {work_dir} has {found or 'no checkpoint'}; run without --resume to start again"
+                + ("" if found else ", or pass --resume auto to resume where a checkpoint exists and start otherwise")
+            )
+        return path, skipped
+    path = Path(resume)
+    if not path.is_dir():
+        raise ConfigError(f"--resume {resume}: no such checkpoint directory; `--resume` alone takes the newest one")
+    if problem := check_checkpoint(path):
+        raise ConfigError(f"--resume {resume}: cannot resume from it: {problem}")
+    return path, []
+
+
+def latest_resumable(work_dir: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that passes check_checkpoint, and a line for each newer one skipped and why."""
+    skipped = []
+    for path in reversed(list_checkpoints(work_dir)):
+        problem = check_checkpoint(path)
+        if problem is None:
+            return path, skipped
+        skipped.append(f"{path.name}: {problem}")
+    return None, skipped
+
+
+# ------------------------------------------------------------------------------------------------- the manifest
+def write_manifest(directory: Path) -> None:
+    """Record the size and CRC-32 of every file written into `directory` (all ranks' files for sharded checkpoints);
+    written last, so a checkpoint without it was never finished. CRC-32 detects torn or zeroed files, which is the
+    damage to guard against, at 5.9 GB/s here against SHA-256's 1.3 GB/s (a 1.8B full fine-tune's checkpoint is
+    ~21 GB)."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    entries = {p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "crc32": _crc32(p)} for p in files}
+    (directory / MANIFEST_FILE).write_text(json.dumps({"files": entries}, indent=1))
+
+
+def check_checkpoint(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be resumed from (a missing, truncated or changed file), or None."""
+    try:
+        entries = json.loads((path / MANIFEST_FILE).read_text())["files"]
+    except FileNotFoundError:
+        return f"no {MANIFEST_FILE} (an unfinished write, or a checkpoint of an older xtune)"
+    except (ValueError, KeyError, TypeError):
+        return f"{MANIFEST_FILE} is damaged"
+    for name, entry in entries.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != entry["bytes"]:
+            return f"{name} has {file.stat().st_size} bytes, the manifest says {entry['bytes']}"
+        if _crc32(file) != entry["crc32"]:
+            return f"{name} does not have the content it was written with (CRC-32 differs)"
+    return None
+
+
+def _crc32(path: Path) -> int:
+    # One reused buffer: a fresh 16 MiB bytes object per read is a fresh mapping whose pages fault in each time,
+    # which made the manifest cost as much as the write itself (1.1 GB: 0.9 s).
+    buffer = bytearray(16 << 20)
+    view, crc = memoryview(buffer), 0
+    with path.open("rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            crc = zlib.crc32(view[:n], crc)
+    return crc
+
+
+def _checkpoint_bytes(work_dir: Path) -> int | None:
+    """What the next checkpoint will take on disk: what the last one took (a full disk's error names it)."""
+    found = list_checkpoints(work_dir)
+    if not found:
+        return None
+    return sum(p.stat().st_size for p in found[-1].rglob("*") if p.is_file())
+
+
+def remove_stale_writes(work_dir: Path) -> list[str]:
+    """Clean up after checkpoint writers that died: call once at the start of a run, before it writes anything."""
+    done = remove_stale_temporaries(work_dir)
+    for entry in sorted(work_dir.glob(".checkpoint-*.tmp")) if work_dir.is_dir() else []:
+        if SHARDED_TMP_RE.match(entry.name):
+            shutil.rmtree(entry)
+            done.append(f"removed {entry.name}")
+    return done
 
 
 def load_checkpoint(
@@ -120,8 +218,8 @@ def save_sharded_checkpoint(
     if is_main:
         state = {"step": step, "scheduler": scheduler.state_dict(), "world_size": dist.get_world_size(), **extra}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        write_manifest(tmp)
+        commit_directory(tmp, final)  # flushes every rank's files: one machine's processes share its page cache
         for old in list_checkpoints(work_dir)[:-keep]:
             shutil.rmtree(old)
     dist.barrier()

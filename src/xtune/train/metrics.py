@@ -21,6 +21,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from xtune.io import write_text_atomically
+
 logger = logging.getLogger("xtune")
 
 
@@ -50,7 +52,7 @@ class RunLog:
         self.work_dir = work_dir
         self.metrics_file = work_dir / "metrics.jsonl"
         self.history = [r for r in self._read_history() if r["step"] <= start_step]  # drop a killed run's tail
-        self.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        write_text_atomically(self.metrics_file, "".join(json.dumps(r) + "\n" for r in self.history))
         self.console = console
         self.progress = Progress(
             TextColumn("[bold]train"),
@@ -67,9 +69,20 @@ class RunLog:
         self.tensorboard = _tensorboard_writer(work_dir / "tensorboard")
 
     def _read_history(self) -> list[dict]:
+        """The records of the run so far. Appends are not flushed each step, so a crash or a full disk can cut the
+        last line off: such a line is dropped with a warning (the step it was for is trained again)."""
         if not self.metrics_file.exists():
             return []
-        return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
+        history = []
+        for number, line in enumerate(self.metrics_file.read_text(errors="replace").splitlines(), 1):
+            try:
+                record = json.loads(line) if line.strip() else None
+            except ValueError:
+                record = None
+                logger.warning(f"{self.metrics_file}:{number}: dropped a cut-off record: {line[:60]!r}")
+            if isinstance(record, dict) and isinstance(record.get("step"), int):
+                history.append(record)
+        return history
 
     def __enter__(self) -> RunLog:
         self.progress.start()

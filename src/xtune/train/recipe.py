@@ -41,11 +41,12 @@ from xtune.models.load import (
 from xtune.templates import ChatTemplate, config_template
 from xtune.train import deepspeed_engine
 from xtune.train.checkpoint import (
+    checkpoint_to_resume,
     full_state_dict,
-    list_checkpoints,
     load_checkpoint,
     load_sharded_checkpoint,
     read_fsdp_shards,
+    remove_stale_writes,
     save_checkpoint,
     save_sharded_checkpoint,
     write_fsdp_shards,
@@ -152,10 +153,17 @@ class FinetuneRecipe:
         t = cfg.training
         self.ds_config = deepspeed_engine.load_deepspeed_config(t) if t.engine == "deepspeed" else None
         self.zero3 = self.ds_config is not None and deepspeed_engine.zero_stage(self.ds_config) == 3
+        # Before anything is written or loaded: a --resume that cannot be honoured costs nothing.
+        resume_from, skipped = checkpoint_to_resume(self.work_dir, resume)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.console = Console(stderr=True)
         # From the start, so setup and resume are logged too; one log, written by rank 0.
         setup_logging(self.work_dir / "train.log" if world.is_main else None, self.console)
+        for line in skipped:
+            logger.warning(f"--resume: skipping {line}")
+        if world.is_main:  # before this run writes anything; the other ranks write nothing until the data is ready
+            for line in remove_stale_writes(self.work_dir):
+                logger.info(f"a killed run's leftovers: {line}")
         torch.manual_seed(cfg.training.seed)
         # A LLaVA config (model.vision): its model, image batches and outputs come from xtune.multimodal.
         self.multimodal = None
@@ -225,8 +233,8 @@ class FinetuneRecipe:
             self.optimizer, lr_lambda(t.lr_schedule, warmup, self.total_steps)
         )
         self.step = 0
-        if resume:
-            self._resume(resume)
+        if resume_from is not None:
+            self._resume(resume_from)
 
     def _language_model(self, compute_dtype: torch.dtype | None) -> torch.nn.Module:
         """The LLM to train: loaded (or randomly initialised, saved as the adapter's base) with its adapters."""
@@ -243,15 +251,7 @@ class FinetuneRecipe:
         # new tokens need trained rows whether the embedding grew or already had spare (untrained) rows for them
         return attach_adapters(base, cfg.model, train_embeddings=grown or bool(cfg.model.add_special_tokens))
 
-    def _resume(self, resume: str | bool) -> None:
-        if resume is True:
-            found = list_checkpoints(self.work_dir)
-            if not found:
-                logger.warning(f"--resume: no checkpoint in {self.work_dir}; starting from scratch")
-                return
-            path = found[-1]
-        else:
-            path = Path(resume)
+    def _resume(self, path: Path) -> None:
         if self.deepspeed is not None:
             read = partial(deepspeed_engine.load_shards, self.deepspeed, trainable_only=self.adapter_only)
             state = load_sharded_checkpoint(path, read, self.scheduler)
