@@ -139,6 +139,11 @@ def _split_docstring(doc: str) -> tuple[str, dict[str, str]]:
     return doc[: match.start()].strip(), arg_docs
 
 
+def is_user_tool(name: str) -> bool:
+    """A tool name that names the user's code ('module:function', 'file.py:function') rather than a built-in."""
+    return ":" in name
+
+
 def load_tool(spec: str) -> Tool:
     """A tool from user code: `package.module:function` or `path/to/file.py:function`. The user names the code, so
     running it is their choice; what the model sends it is still checked against the signature."""
@@ -1018,7 +1023,7 @@ def build_registry(names: Sequence[str], search_docs: str | None = None) -> Tool
     builtin = default_registry(search_docs)
     registry = ToolRegistry()
     for name in names:
-        if ":" in name:
+        if is_user_tool(name):
             registry.register(load_tool(name))
         elif name in builtin:
             registry.register(builtin.get(name))
