@@ -241,7 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also load the code tools (file.py:function, module:function) that MODEL's xtune_config.yaml names in "
         "evaluation.tools, not only its built-in ones: this runs their Python code, so only for a directory you trust",
     )
-    p.add_argument("--search-docs", metavar="DIR", help="the folder of text files the search tool looks in (offline)")
+    p.add_argument(
+        "--search-docs",
+        metavar="DIR",
+        help="the folder of .txt and .md files the search tool looks in (offline; regular files inside DIR only, "
+        "1 MiB each, 64 MiB in all)",
+    )
     p.add_argument("--max-tool-rounds", type=int, default=5, help="tool calls answered per question, at most")
     p.add_argument(
         "--no-tool-list",

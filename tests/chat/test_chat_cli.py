@@ -106,3 +106,19 @@ def test_chat_loads_the_code_tools_the_user_trusts_or_names(model_dir, tmp_path,
     expected = ["calculate", "lookup_order"] if flags == ["--trust-dir-tools"] else ["lookup_order"]
     assert tool_names(sessions) == expected
     assert "not loading" not in capsys.readouterr().err
+
+
+def test_chat_says_what_the_search_index_holds_and_left_out(model_dir, tmp_path, sessions, capsys):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "lora.md").write_text("LoRA trains low-rank adapters.\n")
+    (tmp_path / "secret.md").write_text("LoRA hunter2\n")
+    (docs / "secret.md").symlink_to(tmp_path / "secret.md")
+    directory = trained_dir(model_dir, tmp_path, {"tools": ["search"], "search_docs": str(docs)})
+    chat(directory)
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("search: ")]
+    assert line.startswith("search: indexed 1 file(s)")
+    assert line.endswith(f"in {docs}; skipped 1 link(s) leading out of the folder")
+    [session] = sessions
+    result = session.tools.call("search", {"query": "LoRA hunter2"})
+    assert result.ok and result.text.startswith("[1] lora.md\n") and "hunter2" not in result.text
