@@ -919,7 +919,7 @@ class LocalDocumentSearch:
         }
         skipped = ", ".join(f"{self.skipped[reason]} {text}" for reason, text in why.items() if self.skipped[reason])
         self.summary = (
-            f"search: indexed {files} file(s) ({total / 2**10:.1f} KiB, {len(self.passages)} passages) in "
+            f"search: indexed {files} file(s) ({_size(total)}, {len(self.passages)} passage(s)) in "
             f"{self.folder}" + (f"; skipped {skipped}" if skipped else "")
         )
         self._counts = [Counter(_tokens(f"{title} {text}")) for title, text in self.passages]
@@ -990,7 +990,10 @@ def _read_inside(path: Path, root: Path, max_bytes: int, budget: int) -> bytes:
 
 
 def _size(n: int) -> str:
-    return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n / 2**10:g} KiB"
+    for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
 
 
 def _real_path(path: Path) -> Path:
