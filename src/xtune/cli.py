@@ -234,9 +234,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAMES",
         help="tools the model may call, comma-separated: calculate, solve, search, or your own as "
-        "my_tools.py:my_function; default: the tools in the trained config's evaluation.tools",
+        "my_tools.py:my_function; default: the built-in tools in the trained config's evaluation.tools",
     )
-    p.add_argument("--search-docs", metavar="DIR", help="the folder of text files the search tool looks in (offline)")
+    p.add_argument(
+        "--trust-dir-tools",
+        action="store_true",
+        help="also load the code tools (file.py:function, module:function) that MODEL's xtune_config.yaml names in "
+        "evaluation.tools, not only its built-in ones: this runs their Python code, so only for a directory you trust",
+    )
+    p.add_argument(
+        "--search-docs",
+        metavar="DIR",
+        help="the folder of .txt and .md files the search tool looks in (offline; regular files inside DIR only, "
+        "1 MiB each, 64 MiB in all)",
+    )
     p.add_argument("--max-tool-rounds", type=int, default=5, help="tool calls answered per question, at most")
     p.add_argument(
         "--no-tool-list",

@@ -4,6 +4,7 @@ the registry turns every malformed call into an error result."""
 import ast
 import json
 import math
+import os
 import random
 import re
 import signal
@@ -341,6 +342,61 @@ def test_local_search_ranks_matching_documents(docs):
     assert provider.search("JSONL messages", k=1)[0][0] == "notes/data.txt"
     assert provider.search("显存", k=1)[0][0] == "notes/中文.md"
     assert provider.search("nothing matches zebra", k=3) == []
+
+
+def index_in_time(folder: Path) -> LocalDocumentSearch:
+    """The index, built in a thread: were a FIFO opened, the open would block forever; here it fails the test."""
+    outcome = []
+
+    def build() -> None:
+        try:
+            outcome.append(LocalDocumentSearch(folder))
+        except Exception as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=build, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    assert outcome, "indexing blocked (a FIFO opened?)"
+    if isinstance(outcome[0], Exception):
+        raise outcome[0]
+    return outcome[0]
+
+
+def test_local_search_reads_only_regular_files_inside_its_folder(docs, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "secret.md").write_text("LoRA hunter2\n")
+    (outside / "folder").mkdir()
+    (outside / "folder" / "leak.md").write_text("LoRA hunter2 in a folder\n")
+    (docs / "secret.md").symlink_to(outside / "secret.md")
+    (docs / "environ.txt").symlink_to("/proc/self/environ")  # regular to stat(), yet the process's secrets
+    (docs / "linked").symlink_to(outside / "folder", target_is_directory=True)
+    (docs / "notes" / "alias.md").symlink_to("../lora.md")  # a link inside the folder is a document
+    os.mkfifo(docs / "pipe.md")
+    provider = index_in_time(docs)
+    titles = {title for title, _ in provider.passages}
+    assert titles == {"lora.md", "notes/alias.md", "notes/data.txt", "notes/中文.md"}
+    assert provider.search("hunter2", k=5) == []
+    assert {title for title, _ in provider.search("QLoRA quantisation", k=5)} == {"lora.md", "notes/alias.md"}
+    assert provider.skipped == {"outside": 3, "special": 1}
+    assert provider.summary.startswith("search: indexed 4 file(s) (")
+    assert provider.summary.endswith(
+        f"in {docs}; skipped 3 link(s) leading out of the folder, 1 special file(s) (FIFO, device, socket)"
+    )
+
+
+def test_local_search_caps_the_size_of_a_file_and_of_the_index(tmp_path):
+    (tmp_path / "a.md").write_text("alpha " * 100)  # 600 bytes
+    (tmp_path / "b.md").write_text("beta " * 300)  # 1500: over the cap per file
+    (tmp_path / "c.md").write_text("gamma " * 100)  # 600: with a.md's, past the total cap
+    (tmp_path / "d.md").write_text("delta")  # still fits
+    provider = LocalDocumentSearch(tmp_path, max_file_bytes=1024, max_total_bytes=1024)
+    assert {title for title, _ in provider.passages} == {"a.md", "d.md"}
+    assert provider.skipped == {"file size cap": 1, "total size cap": 1}
+    assert provider.summary.endswith(
+        "; skipped 1 file(s) over the 1 KiB cap per file, 1 file(s) past the 1 KiB cap on all files"
+    )
+    assert "skipped" not in LocalDocumentSearch(tmp_path).summary  # the defaults: 1 MiB per file, 64 MiB in all
 
 
 def test_search_tool_text_and_missing_configuration(docs):

@@ -5,19 +5,40 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 import yaml
 
 from xtune.chat.generate import GenerationSettings
 from xtune.chat.session import ChatSession
-from xtune.chat.tools import ToolResult, build_registry
+from xtune.chat.tools import LocalDocumentSearch, ToolResult, build_registry, is_user_tool
 from xtune.errors import XtuneError
 from xtune.templates import resolve_template
 from xtune.templates.tool_calls import ToolCall
 from xtune.train.recipe import CONFIG_FILE
 
 HELP = "Type a message. RESET clears the history, EXIT quits."
+
+
+def chat_tool_names(
+    explicit: list[str] | None, trained: list[str], trust_trained: bool, config_path: Path
+) -> list[str]:
+    """The tools named with --tools; without them, those in the trained config's evaluation.tools. That config came
+    with the directory, not from the user, so the code tools it names (file.py:function, module:function) are
+    offered, not loaded: importing them would run whatever Python the directory's author wrote, merely for chatting
+    with it. `trust_trained` (--trust-dir-tools) loads them."""
+    names = [n.strip() for arg in explicit or [] for n in arg.split(",") if n.strip()]
+    if names or trust_trained:
+        return names or list(trained)
+    untrusted = [n for n in trained if is_user_tool(n)]
+    if untrusted:
+        print(
+            f"not loading the code tools {', '.join(untrusted)} named in {config_path} (evaluation.tools): loading "
+            f"runs their Python. To offer them, pass --tools {','.join(trained)} or --trust-dir-tools",
+            file=sys.stderr,
+        )
+    return [n for n in trained if not is_user_tool(n)]
 
 
 def run_chat(args: argparse.Namespace) -> None:
@@ -38,9 +59,12 @@ def run_chat(args: argparse.Namespace) -> None:
         stop_words=list(args.stop_words),
     )
     evaluation = trained.get("evaluation") or {}
-    names = [n.strip() for arg in args.tools or [] for n in arg.split(",") if n.strip()]
-    names = names or evaluation.get("tools") or []
-    tools = build_registry(names, args.search_docs or evaluation.get("search_docs")) if names else None
+    names = chat_tool_names(args.tools, evaluation.get("tools") or [], args.trust_dir_tools, source / CONFIG_FILE)
+    docs = args.search_docs or evaluation.get("search_docs")
+    search = LocalDocumentSearch(docs) if docs and "search" in names else None
+    if search is not None:  # what the model can read, and what the folder held that it cannot
+        print(search.summary, file=sys.stderr)
+    tools = build_registry(names, search_provider=search) if names else None
     list_tools = args.list_tools if args.list_tools is not None else evaluation.get("list_tools", True)
     images = getattr(args, "image", None) or []
     if images or is_llava(model):  # a LLaVA answers about --image (or without one, text only)

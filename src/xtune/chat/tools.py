@@ -16,8 +16,10 @@ import functools
 import inspect
 import json
 import math
+import os
 import re
 import signal
+import stat
 import threading
 import time
 import types
@@ -137,6 +139,11 @@ def _split_docstring(doc: str) -> tuple[str, dict[str, str]]:
         elif line.strip():
             break  # the next section (Returns:, ...)
     return doc[: match.start()].strip(), arg_docs
+
+
+def is_user_tool(name: str) -> bool:
+    """A tool name that names the user's code ('module:function', 'file.py:function') rather than a built-in."""
+    return ":" in name
 
 
 def load_tool(spec: str) -> Tool:
@@ -855,39 +862,86 @@ def _tokens(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
+MAX_DOCUMENT_BYTES = 2**20  # one file; a longer one is rarely a document
+MAX_INDEX_BYTES = 2**26  # all files together: the index lives in memory
+
+
+class _Skipped(Exception):
+    """A file the search index leaves out; args[0] is the reason, a key of LocalDocumentSearch.skipped."""
+
+
 class LocalDocumentSearch:
     """BM25 keyword search over the .txt and .md files under a folder, split into passages of about
-    `passage_chars` characters. The index is built once, when the provider is created."""
+    `passage_chars` characters. The index is built once, when the provider is created; `summary` says what it holds
+    and what it left out, `skipped` counts the files left out by reason.
+
+    Only regular files that lie inside the folder are read. A document folder can come from elsewhere, and what the
+    index holds the model can quote: a link to ~/.ssh/id_rsa or /proc/self/environ must not become a document, and
+    a FIFO must not be opened at all (opening one blocks until something writes to it)."""
 
     suffixes = (".txt", ".md")
 
     def __init__(
-        self, folder: str | Path, passage_chars: int = 800, max_files: int = 5000, max_file_bytes: int = 2**22
+        self,
+        folder: str | Path,
+        passage_chars: int = 800,
+        max_files: int = 5000,
+        max_file_bytes: int = MAX_DOCUMENT_BYTES,
+        max_total_bytes: int = MAX_INDEX_BYTES,
     ):
         self.folder = Path(folder).expanduser()
         if not self.folder.is_dir():
             raise XtuneError(f"search documents: {self.folder} is not a folder")
+        root = self.folder.resolve()
         self.passages: list[tuple[str, str]] = []  # (title, text)
-        files = sorted(
-            p for p in self.folder.rglob("*")
-            if p.suffix.lower() in self.suffixes and p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(self.folder).parts)
-        )[:max_files]  # fmt: skip
-        for path in files:
+        self.skipped: Counter[str] = Counter()
+        paths = self._documents(root)
+        self.skipped["file count cap"] += len(paths[max_files:])
+        files = total = 0
+        for path in paths[:max_files]:
             try:
-                if path.stat().st_size > max_file_bytes:
-                    continue
-                text = path.read_text(encoding="utf-8", errors="replace")
-            except OSError:  # unreadable (permissions, a broken link): search the rest
+                data = _read_inside(path, root, max_file_bytes, max_total_bytes - total)
+            except _Skipped as skipped:
+                self.skipped[skipped.args[0]] += 1
                 continue
+            files, total = files + 1, total + len(data)
             title = path.relative_to(self.folder).as_posix()
+            text = data.decode("utf-8", errors="replace")
             self.passages.extend((title, passage) for passage in _passages(text, passage_chars))
+        self.skipped = +self.skipped  # drop the zero counts
+        why = {
+            "outside": "link(s) leading out of the folder",
+            "special": "special file(s) (FIFO, device, socket)",
+            "unreadable": "unreadable file(s)",
+            "file size cap": f"file(s) over the {_size(max_file_bytes)} cap per file",
+            "total size cap": f"file(s) past the {_size(max_total_bytes)} cap on all files",
+            "file count cap": f"file(s) past the {max_files}-file cap",
+        }
+        skipped = ", ".join(f"{self.skipped[reason]} {text}" for reason, text in why.items() if self.skipped[reason])
+        self.summary = (
+            f"search: indexed {files} file(s) ({_size(total)}, {len(self.passages)} passage(s)) in "
+            f"{self.folder}" + (f"; skipped {skipped}" if skipped else "")
+        )
         self._counts = [Counter(_tokens(f"{title} {text}")) for title, text in self.passages]
         self._lengths = [sum(c.values()) for c in self._counts]
         self._average = sum(self._lengths) / len(self._lengths) if self._lengths else 0.0
         self._frequency: Counter[str] = Counter()
         for counts in self._counts:
             self._frequency.update(counts.keys())
+
+    def _documents(self, root: Path) -> list[Path]:
+        """The candidate documents under the folder, sorted: names with a document suffix, outside hidden folders.
+        Linked folders are not entered (a link back up would loop); one that leads out of the folder is counted."""
+        paths = []
+        for dirpath, dirnames, filenames in os.walk(self.folder):
+            here = Path(dirpath)
+            dirnames[:] = [name for name in dirnames if not name.startswith(".")]
+            for name in dirnames:
+                if (here / name).is_symlink() and not _real_path(here / name).is_relative_to(root):
+                    self.skipped["outside"] += 1
+            documents = (name for name in filenames if Path(name).suffix.lower() in self.suffixes)
+            paths += [here / name for name in documents if not name.startswith(".")]
+        return sorted(paths)
 
     def search(self, query: str, k: int = 5) -> list[tuple[str, str]]:
         terms = set(_tokens(query))
@@ -908,6 +962,50 @@ class LocalDocumentSearch:
                 scores.append((score, i))
         scores.sort(key=lambda s: (-s[0], s[1]))
         return [(self.passages[i][0], _snippet(self.passages[i][1], terms)) for _, i in scores[:k]]
+
+
+def _read_inside(path: Path, root: Path, max_bytes: int, budget: int) -> bytes:
+    """The bytes of `path` if it resolves to a regular file under `root` of at most `max_bytes`, within the `budget`
+    of bytes the index has left; otherwise raises _Skipped with the reason."""
+    resolved = _real_path(path)
+    if not resolved.is_relative_to(root):
+        raise _Skipped("outside")
+    try:
+        checked = resolved.stat()
+        if not stat.S_ISREG(checked.st_mode):  # before opening: a FIFO must never be opened
+            raise _Skipped("special")
+        _check_size(checked.st_size, max_bytes, budget)
+        # Should the path change between the check and the open (a FIFO or a link put in its place), O_NONBLOCK
+        # keeps the open from blocking, O_NOFOLLOW refuses a link, and the file opened must be the one checked.
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+        with open(os.open(resolved, flags), "rb") as file:
+            opened = os.fstat(file.fileno())
+            if (opened.st_dev, opened.st_ino) != (checked.st_dev, checked.st_ino):
+                raise _Skipped("unreadable")
+            data = file.read(min(max_bytes, budget) + 1)  # a size can lie (/proc files report 0) or grow
+    except OSError:  # permissions, a broken link: search the rest
+        raise _Skipped("unreadable") from None
+    _check_size(len(data), max_bytes, budget)
+    return data
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
+
+
+def _real_path(path: Path) -> Path:
+    """The path with every link followed; unlike Path.resolve, a link loop does not raise (the stat after it does)."""
+    return Path(os.path.realpath(path))
+
+
+def _check_size(size: int, max_bytes: int, budget: int) -> None:
+    if size > max_bytes:
+        raise _Skipped("file size cap")
+    if size > budget:
+        raise _Skipped("total size cap")
 
 
 def _passages(text: str, size: int) -> Iterator[str]:
@@ -1013,12 +1111,15 @@ def default_registry(search_docs: str | None = None, *, search_provider: SearchP
     return registry
 
 
-def build_registry(names: Sequence[str], search_docs: str | None = None) -> ToolRegistry:
-    """The tools a chat offers: built-in ones by name, the user's own as 'module:function' or 'file.py:function'."""
-    builtin = default_registry(search_docs)
+def build_registry(
+    names: Sequence[str], search_docs: str | None = None, *, search_provider: SearchProvider | None = None
+) -> ToolRegistry:
+    """The tools a chat offers: built-in ones by name, the user's own as 'module:function' or 'file.py:function'.
+    search looks in `search_provider`, or else in the folder `search_docs`."""
+    builtin = default_registry(search_docs, search_provider=search_provider)
     registry = ToolRegistry()
     for name in names:
-        if ":" in name:
+        if is_user_tool(name):
             registry.register(load_tool(name))
         elif name in builtin:
             registry.register(builtin.get(name))

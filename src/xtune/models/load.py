@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -59,6 +61,23 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+@contextlib.contextmanager
+def _explain_remote_code(model_dir: Path, trust_remote_code: bool) -> Iterator[None]:
+    """transformers refuses a directory whose config maps the model (or tokenizer) to Python files shipped with it
+    (auto_map) unless trusted, with a multi-line message about `trust_remote_code=True` that names no xtune
+    setting. Say which setting trusts it, and what trusting means."""
+    try:
+        yield
+    except ValueError as exc:
+        if trust_remote_code or "trust_remote_code" not in str(exc):
+            raise
+        raise ConfigError(
+            f"{model_dir} needs remote code: its config names Python files shipped in that directory (auto_map), "
+            "which loading it would import and run. Only if you trust that code: set model.trust_remote_code: "
+            "true in the config, or pass --trust-remote-code to chat and convert merge"
+        ) from exc
+
+
 def _is_internlm2_dir(model_dir: Path) -> bool:
     return (model_dir / "config.json").exists() and is_internlm2(read_config(model_dir))
 
@@ -77,9 +96,10 @@ def causal_lm_from_pretrained(model_dir: Path, trust_remote_code: bool = False, 
             kwargs["quantization_config"].llm_int8_skip_modules = NOT_QUANTISED
         model = LlavaForConditionalGeneration.from_pretrained(model_dir, local_files_only=True, **kwargs)
     else:
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, trust_remote_code=trust_remote_code, local_files_only=True, **kwargs
-        )
+        with _explain_remote_code(model_dir, trust_remote_code):
+            model = AutoModelForCausalLM.from_pretrained(
+                model_dir, trust_remote_code=trust_remote_code, local_files_only=True, **kwargs
+            )
     if "quantization_config" in kwargs:
         release_checkpoint_mapping(model)
     return model
@@ -105,7 +125,8 @@ def checkpoint_model_type(path: str) -> str | None:
 def model_config(model_dir: Path, trust_remote_code: bool = False) -> PretrainedConfig:
     if _is_internlm2_dir(model_dir):
         return llama_config_from_internlm2(read_config(model_dir))
-    return AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code, local_files_only=True)
+    with _explain_remote_code(model_dir, trust_remote_code):
+        return AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code, local_files_only=True)
 
 
 def load_tokenizer(
@@ -115,7 +136,10 @@ def load_tokenizer(
     if _is_internlm2_dir(model_dir):
         tokenizer = load_internlm2_tokenizer(model_dir)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code, local_files_only=True)
+        with _explain_remote_code(model_dir, trust_remote_code):
+            tokenizer = AutoTokenizer.from_pretrained(
+                model_dir, trust_remote_code=trust_remote_code, local_files_only=True
+            )
     new = [t for t in add_special_tokens if t not in tokenizer.get_vocab()]
     if new:
         tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
