@@ -250,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-tool-rounds", type=int, default=5, help="tool calls answered per question, at most")
     p.add_argument(
+        "--solve-time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="how long one call of the solve tool may take; default: the trained config's evaluation.solve_time_limit "
+        "(2 s)",
+    )
+    p.add_argument(
         "--no-tool-list",
         dest="list_tools",
         action="store_false",

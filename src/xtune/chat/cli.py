@@ -12,7 +12,13 @@ import yaml
 
 from xtune.chat.generate import GenerationSettings
 from xtune.chat.session import ChatSession
-from xtune.chat.tools import LocalDocumentSearch, ToolResult, build_registry, is_user_tool
+from xtune.chat.tools import (
+    SOLVE_TIME_LIMIT_S,
+    LocalDocumentSearch,
+    ToolResult,
+    build_registry,
+    is_user_tool,
+)
 from xtune.errors import XtuneError
 from xtune.templates import resolve_template
 from xtune.templates.tool_calls import ToolCall
@@ -64,7 +70,8 @@ def run_chat(args: argparse.Namespace) -> None:
     search = LocalDocumentSearch(docs) if docs and "search" in names else None
     if search is not None:  # what the model can read, and what the folder held that it cannot
         print(search.summary, file=sys.stderr)
-    tools = build_registry(names, search_provider=search) if names else None
+    solve_time_limit = args.solve_time_limit or evaluation.get("solve_time_limit") or SOLVE_TIME_LIMIT_S
+    tools = build_registry(names, search_provider=search, solve_time_limit=solve_time_limit) if names else None
     list_tools = args.list_tools if args.list_tools is not None else evaluation.get("list_tools", True)
     images = getattr(args, "image", None) or []
     if images or is_llava(model):  # a LLaVA answers about --image (or without one, text only)

@@ -291,8 +291,10 @@ _MAX_INT_BITS = int(MAX_INT_DIGITS * math.log2(10)) + 1  # bit_length is free; c
 MAX_EQUATIONS = 10
 MAX_VARIABLES = 10
 MAX_DEGREE = 100  # a numeric power of a variable: x**100 at most
-SOLVE_TIMEOUT_S = 5.0  # sympy.solve can run for minutes on a legal degree-20 polynomial
-EXTRA_S = 2.0  # after sympy.solve: numeric roots when it ran out of time, or telling "no solution" from an identity
+# sympy.solve can run for minutes on a legal degree-20 polynomial. The limit covers the whole call, so that a chat
+# turn waits at most this long per solve call; a quarter of it is kept for what follows a miss or an empty answer
+# (numeric roots, telling "no solution" from an identity). Set with evaluation.solve_time_limit / --solve-time-limit.
+SOLVE_TIME_LIMIT_S = 2.0
 
 _OPERATORS: dict[type, str] = {
     ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%", ast.Pow: "**",
@@ -716,12 +718,12 @@ def _is_linear(expression: Any, variables: list[Any]) -> bool:
     return bool(expression.is_polynomial(*variables) and sympy.Poly(expression, *variables).is_linear)
 
 
-def _no_solution(expressions: list[Any], names: list[str], targets: list[Any]) -> str:
+def _no_solution(expressions: list[Any], names: list[str], targets: list[Any], seconds: float) -> str:
     """What an empty answer from sympy.solve means; it is not always "no solution"."""
     import sympy
 
     try:
-        with _time_limit(EXTRA_S):
+        with _time_limit(seconds):
             if all(sympy.simplify(e) == 0 for e in expressions):  # sympy.solve answers [] for sin(x)**2+cos(x)**2-1
                 return f"every value of {', '.join(names)} is a solution (the equation is an identity)"
             if len(expressions) == 1 or all(_is_linear(e, targets) for e in expressions):
@@ -732,17 +734,17 @@ def _no_solution(expressions: list[Any], names: list[str], targets: list[Any]) -
     return "sympy found no solution; for a nonlinear system that can also mean the roots have no closed form"
 
 
-def _numeric_roots(expression: Any, variable: Any) -> list[Any]:
+def _numeric_roots(expression: Any, variable: Any, seconds: float) -> list[Any]:
     import sympy
 
     try:
-        with _time_limit(EXTRA_S):
+        with _time_limit(seconds):
             return sympy.Poly(expression, variable).nroots(n=12, maxsteps=200)
     except (_TimeLimitExceeded, Exception):
         return []
 
 
-def _solve(equation: str, variable: str | None = None) -> str:
+def _solve(equation: str, variable: str | None = None, *, time_limit: float = SOLVE_TIME_LIMIT_S) -> str:
     import sympy
 
     if len(equation) > MAX_EXPRESSION_CHARS:
@@ -774,15 +776,17 @@ def _solve(equation: str, variable: str | None = None) -> str:
         raise ToolError(f"{len(names)} variables; the limit is {MAX_VARIABLES}")
     targets = [sympy.Symbol(n) for n in names]
 
-    # Building, solving and printing share one deadline; the fallbacks after a miss get EXTRA_S more.
-    deadline = time.monotonic() + SOLVE_TIMEOUT_S
+    # Building, solving and printing share one deadline; the fallbacks after a miss get the rest of the limit.
+    fallback_s = time_limit / 4
+    solve_s = time_limit - fallback_s
+    deadline = time.monotonic() + solve_s
     try:
-        with _time_limit(SOLVE_TIMEOUT_S):  # sympy simplifies as it builds; bounded above, but keep a limit
+        with _time_limit(solve_s):  # sympy simplifies as it builds; bounded above, but keep a limit
             expressions = [_to_sympy(lhs) - _to_sympy(rhs) for lhs, rhs in trees]
     except ToolError:
         raise
     except _TimeLimitExceeded:
-        raise ToolError(f"building the equation took more than {SOLVE_TIMEOUT_S:g} s") from None
+        raise ToolError(f"building the equation took more than {solve_s:g} s") from None
     except Exception as exc:  # sympy refusing a construct, e.g. min() of a complex number
         raise ToolError(f"sympy cannot build this equation: {type(exc).__name__}: {exc}") from None
     for part, expression in zip(parts, expressions, strict=True):
@@ -804,16 +808,16 @@ def _solve(equation: str, variable: str | None = None) -> str:
     except _TimeLimitExceeded:
         expression = expressions[0]
         if len(expressions) == 1 and len(targets) == 1 and expression.is_polynomial(targets[0]):
-            roots = _numeric_roots(expression, targets[0])
+            roots = _numeric_roots(expression, targets[0], fallback_s)
             if roots:
                 shown = "; ".join(f"{targets[0]} ≈ {_sympy_text(r)}" for r in roots)
-                return f"no exact solution within {SOLVE_TIMEOUT_S:g} s; numeric roots: {shown}"
-        raise ToolError(f"sympy found no solution within {SOLVE_TIMEOUT_S:g} s; try a simpler form") from None
+                return f"no exact solution within {solve_s:g} s; numeric roots: {shown}"
+        raise ToolError(f"sympy found no solution within {solve_s:g} s; try a simpler form") from None
     except Exception as exc:  # NotImplementedError for equations sympy has no method for, and its other refusals
         raise ToolError(f"sympy cannot solve this: {type(exc).__name__}: {exc}") from None
     solutions = [s for s in solutions if s]
     if not solutions:
-        return _no_solution(expressions, names, targets)
+        return _no_solution(expressions, names, targets, fallback_s)
 
     def text(approximate: bool) -> str:
         return "; ".join(
@@ -831,11 +835,11 @@ def _solve(equation: str, variable: str | None = None) -> str:
         return text(approximate=False)
 
 
-def solve(equation: str, variable: str | None = None) -> str:
-    """Solve an equation ('x**2 - 4 = 0') or a comma-separated system with sympy, e.g. 'x = -2; x = 2'.
-    Never raises: problems come back as 'error: ...' text."""
+def solve(equation: str, variable: str | None = None, *, time_limit: float = SOLVE_TIME_LIMIT_S) -> str:
+    """Solve an equation ('x**2 - 4 = 0') or a comma-separated system with sympy, e.g. 'x = -2; x = 2', within
+    `time_limit` seconds. Never raises: problems come back as 'error: ...' text."""
     try:
-        return _solve(equation, variable)
+        return _solve(equation, variable, time_limit=time_limit)
     except ToolError as exc:
         return f"error: {exc}"
     except Exception as exc:  # a bug of ours; the model still gets an answer it can read
@@ -1056,9 +1060,15 @@ def search(query: str, provider: SearchProvider | None = None, k: int = 5) -> st
         return f"error: search failed: {type(exc).__name__}: {exc}"
 
 
-def default_registry(search_docs: str | None = None, *, search_provider: SearchProvider | None = None) -> ToolRegistry:
-    """calculate, solve and search. search looks in `search_docs` (or a provider the caller made, such as a web
-    search with the user's key); with neither it tells the model that no documents are configured."""
+def default_registry(
+    search_docs: str | None = None,
+    *,
+    search_provider: SearchProvider | None = None,
+    solve_time_limit: float = SOLVE_TIME_LIMIT_S,
+) -> ToolRegistry:
+    """calculate, solve (within `solve_time_limit` seconds a call) and search. search looks in `search_docs` (or a
+    provider the caller made, such as a web search with the user's key); with neither it tells the model that no
+    documents are configured."""
     provider = search_provider or (LocalDocumentSearch(search_docs) if search_docs else None)
     registry = ToolRegistry()
     names = ", ".join(_CALC.functions)
@@ -1093,7 +1103,7 @@ def default_registry(search_docs: str | None = None, *, search_provider: SearchP
                 },
                 "required": ["equation"],
             },
-            _solve,
+            functools.partial(_solve, time_limit=solve_time_limit),
         )
     )
     registry.register(
@@ -1112,11 +1122,15 @@ def default_registry(search_docs: str | None = None, *, search_provider: SearchP
 
 
 def build_registry(
-    names: Sequence[str], search_docs: str | None = None, *, search_provider: SearchProvider | None = None
+    names: Sequence[str],
+    search_docs: str | None = None,
+    *,
+    search_provider: SearchProvider | None = None,
+    solve_time_limit: float = SOLVE_TIME_LIMIT_S,
 ) -> ToolRegistry:
     """The tools a chat offers: built-in ones by name, the user's own as 'module:function' or 'file.py:function'.
     search looks in `search_provider`, or else in the folder `search_docs`."""
-    builtin = default_registry(search_docs, search_provider=search_provider)
+    builtin = default_registry(search_docs, search_provider=search_provider, solve_time_limit=solve_time_limit)
     registry = ToolRegistry()
     for name in names:
         if is_user_tool(name):

@@ -156,6 +156,8 @@ class EvaluationSettings(_Section):
     # 'my_tools.py:my_function'); `search_docs` is the folder the search tool reads.
     tools: list[str] = []
     search_docs: str | None = None
+    # seconds one solve call may take, sympy and its fallbacks together: a turn waits for each tool call
+    solve_time_limit: float = Field(2.0, gt=0)
     # false: the prompt does not list the tools, for a model fine-tuned on data that did not list them either
     # (a fixed tool set it has learned; the list costs hundreds of tokens per sample)
     list_tools: bool = True

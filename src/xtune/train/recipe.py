@@ -406,7 +406,7 @@ class FinetuneRecipe:
             logger.info("evaluation inputs are skipped with sharded weights; chat with the final model instead")
             return
         settings = GenerationSettings(max_new_tokens=ev.max_new_tokens)
-        tools = build_registry(ev.tools, ev.search_docs) if ev.tools else None
+        tools = build_registry(ev.tools, ev.search_docs, solve_time_limit=ev.solve_time_limit) if ev.tools else None
         system = ev.system or self.cfg.data.system
         lines = []
         for prompt in ev.inputs:
