@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -45,6 +46,33 @@ def resolve_model_dir(path: str) -> Path:
         f"example `huggingface-cli download {path} --local-dir ./models/{Path(path).name}`) and set "
         f"model.path to that directory (--set model.path=./models/{Path(path).name})."
     )
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def check_model_dir(model_dir: Path, need_config: bool = True) -> None:
+    """Say what is wrong with a model directory before transformers fails on it with a bare ValueError or
+    JSONDecodeError that names neither the directory nor the fix: an empty or wrong directory, or a config.json
+    that is not JSON (an interrupted download). A tokenizer alone (an adapter's) needs no config.json."""
+    config = model_dir / "config.json"
+    fix = "copy or download the model again, or point model.path (or the MODEL argument) at another directory"
+    if config.is_file():
+        try:
+            parsed = json.loads(config.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{config}:{e.lineno}: not valid JSON ({e.msg}); {fix}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{config}: byte offset {e.start} is not UTF-8, so not JSON; {fix}") from None
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"{config}: a JSON {type(parsed).__name__}, not the object of a model config; {fix}")
+    elif need_config or not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        missing = "config.json" if need_config else "config.json or tokenizer files"
+        what = "is empty" if not any(model_dir.iterdir()) else f"has no {missing}"
+        raise ConfigError(
+            f"model directory {model_dir} {what}: a Hugging Face model directory holds config.json, the "
+            f"tokenizer files and the weights; {fix}"
+        )
 
 
 def default_device() -> torch.device:
@@ -112,6 +140,7 @@ def load_tokenizer(
     path: str | Path, trust_remote_code: bool = False, add_special_tokens: list[str] = ()
 ) -> PreTrainedTokenizerBase:
     model_dir = resolve_model_dir(str(path))
+    check_model_dir(model_dir, need_config=False)
     if _is_internlm2_dir(model_dir):
         tokenizer = load_internlm2_tokenizer(model_dir)
     else:
@@ -157,6 +186,7 @@ def load_base_model(
     bf16 autocast and keep fp32 activations."""
     device = device or default_device()
     model_dir = resolve_model_dir(settings.path)
+    check_model_dir(model_dir)
     dtype = resolve_dtype(settings.dtype, device)
     attn = None if settings.attn_implementation == "auto" else settings.attn_implementation
     common = dict(dtype=dtype, attn_implementation=attn)
