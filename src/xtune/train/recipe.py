@@ -152,10 +152,6 @@ class FinetuneRecipe:
         t = cfg.training
         self.ds_config = deepspeed_engine.load_deepspeed_config(t) if t.engine == "deepspeed" else None
         self.zero3 = self.ds_config is not None and deepspeed_engine.zero_stage(self.ds_config) == 3
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.console = Console(stderr=True)
-        # From the start, so setup and resume are logged too; one log, written by rank 0.
-        setup_logging(self.work_dir / "train.log" if world.is_main else None, self.console)
         torch.manual_seed(cfg.training.seed)
         # A LLaVA config (model.vision): its model, image batches and outputs come from xtune.multimodal.
         self.multimodal = None
@@ -170,12 +166,17 @@ class FinetuneRecipe:
         self.template = config_template(cfg, self.tokenizer)
         if isinstance(self.template, ChatTemplate):  # record what `auto` chose, for chat and export
             cfg.data.template = self.template.name
-        if world.is_main:
-            config_text = yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True)
-            (self.work_dir / CONFIG_FILE).write_text(config_text)
         with main_first(world):  # rank 0 tokenizes and caches, the other ranks read the cache
             map_fn_of = self.multimodal.map_fn_of if self.multimodal else None
             self.data = build_training_data(cfg.data, self.tokenizer, self.template, cfg.training.seed, map_fn_of)
+        # Only now, with tokenizer and data read: a run refused for bad input leaves no work dir behind.
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.console = Console(stderr=True)
+        # Before the model loads and resume, so they are logged too; one log, written by rank 0.
+        setup_logging(self.work_dir / "train.log" if world.is_main else None, self.console)
+        if world.is_main:
+            config_text = yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True)
+            (self.work_dir / CONFIG_FILE).write_text(config_text)
         compute_dtype = autocast_dtype(t.mixed_precision, self.device)  # QLoRA's 4-bit layers compute in it
         if self.multimodal:
             self.model = self.multimodal.model(self.tokenizer, self.device, world, compute_dtype)
