@@ -102,6 +102,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         overrides += ["training.engine=deepspeed", f"training.deepspeed={json.dumps(choice)}"]
     cfg, name = resolve_config(args.config, overrides)
     work_dir = Path(args.work_dir or cfg.work_dir or Path("work_dirs") / name)
+    _check_work_dir(work_dir, "--work-dir" if args.work_dir else "work_dir" if cfg.work_dir else "the work dir")
     recipe = FinetuneRecipe(cfg, work_dir)
     recipe.setup(resume=args.resume)
     out = recipe.train()
@@ -111,6 +112,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     shutdown()
     if is_main:
         print(f"done: {out}")
+
+
+def _check_work_dir(work_dir: Path, source: str) -> None:
+    """A file where the work dir (or a folder above it) should be: creating it would fail with a bare
+    FileExistsError, and only after the tokenizer and the data were read."""
+    for path in (work_dir, *work_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = f"{source} {work_dir}" + ("" if path == work_dir else f": {path}")
+                raise XtuneError(f"{where} is a file, not a directory; choose another directory with --work-dir DIR")
+            return
 
 
 def _relaunch_under_torchrun(args: argparse.Namespace) -> None:
