@@ -70,7 +70,7 @@ def cmd_check_dataset(args: argparse.Namespace) -> None:
 
     errors = check_dataset(*_config_and_tokenizer(args), Console())
     if errors:
-        raise XtuneError(f"{errors} bad record(s); see above")
+        raise XtuneError(f"{errors} problem(s) that stop training; see the lines starting with 'error:' above")
 
 
 def cmd_log_dataset(args: argparse.Namespace) -> None:
