@@ -1,5 +1,5 @@
 """The `xtune` command line. Thin: it parses arguments and calls the library; user errors print one clear
-message and exit 2, bugs keep their traceback."""
+message and exit 2, any other exception one line with its type and exits 1; `--debug` adds the traceback."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from xtune.errors import XtuneError
@@ -30,6 +31,7 @@ def cmd_copy_cfg(args: argparse.Namespace) -> None:
 
         resolve_config(args.name)  # raises with "did you mean"
     out_dir = Path(args.dir)
+    _check_directory(out_dir, "copy-cfg DIR", "name a directory to write the copy into")
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{args.name}_copy.yaml"
     if path.exists() and not args.force:
@@ -70,7 +72,7 @@ def cmd_check_dataset(args: argparse.Namespace) -> None:
 
     errors = check_dataset(*_config_and_tokenizer(args), Console())
     if errors:
-        raise XtuneError(f"{errors} bad record(s); see above")
+        raise XtuneError(f"{errors} problem(s) that stop training; see the lines starting with 'error:' above")
 
 
 def cmd_log_dataset(args: argparse.Namespace) -> None:
@@ -78,6 +80,8 @@ def cmd_log_dataset(args: argparse.Namespace) -> None:
 
     from xtune.data.preview import log_dataset
 
+    if args.count < 1:
+        raise XtuneError(f"--count {args.count}: show at least 1 sample")
     cfg, tokenizer = _config_and_tokenizer(args)
     log_dataset(
         cfg, tokenizer, Console(), show=args.show, index=args.index, count=args.count, as_json=args.format == "json"
@@ -102,6 +106,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         overrides += ["training.engine=deepspeed", f"training.deepspeed={json.dumps(choice)}"]
     cfg, name = resolve_config(args.config, overrides)
     work_dir = Path(args.work_dir or cfg.work_dir or Path("work_dirs") / name)
+    source = "--work-dir" if args.work_dir else "work_dir" if cfg.work_dir else "the work dir"
+    _check_directory(work_dir, source, "choose another directory with --work-dir DIR")
     recipe = FinetuneRecipe(cfg, work_dir)
     recipe.setup(resume=args.resume)
     out = recipe.train()
@@ -111,6 +117,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     shutdown()
     if is_main:
         print(f"done: {out}")
+
+
+def _check_directory(directory: Path, source: str, fix: str) -> None:
+    """A file where a directory to create (or a folder above it) should be: mkdir would fail with a bare
+    FileExistsError or NotADirectoryError, for training only after the tokenizer and the data were read."""
+    for path in (directory, *directory.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = f"{source} {directory}" + ("" if path == directory else f": {path}")
+                raise XtuneError(f"{where} is a file, not a directory; {fix}")
+            return
 
 
 def _relaunch_under_torchrun(args: argparse.Namespace) -> None:
@@ -290,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--trust-remote-code", action="store_true")
     m.set_defaults(func=cmd_convert_merge)
+
+    # before or after the command: `xtune --debug train ...` and `xtune train ... --debug`
+    debug_help = "print the full traceback of an error"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    for command in [*sub.choices.values(), *convert.choices.values()]:
+        # SUPPRESS: a command that was not given --debug leaves the value the main parser set
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
 
 
@@ -315,11 +339,20 @@ def main(argv: list[str] | None = None) -> None:
         _prefer_deepspeed_cpu_accelerator()
     try:
         args.func(args)
-    except XtuneError as e:
-        print(f"xtune: error: {e}", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as e:
+        if args.debug:
+            traceback.print_exc()
+        if isinstance(e, XtuneError):
+            print(f"xtune: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        # A bug, or a cause no check names yet: one line, as for a user error; --debug shows where it came from.
+        message = " ".join(str(e).split())  # one line, whatever the message's own layout
+        what = f"{type(e).__name__}: {message}" if message else type(e).__name__
+        hint = "" if args.debug else " (rerun with --debug for the traceback)"
+        print(f"xtune: error: {what}{hint}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def test_merge_with_a_bad_adapter_path_writes_nothing(base_and_adapter, tmp_path
     assert list(tmp_path.iterdir()) == []
 
 
-def test_merge_failing_while_writing_leaves_previous_output(base_and_adapter, tmp_path, monkeypatch):
+def test_merge_failing_while_writing_leaves_previous_output(base_and_adapter, tmp_path, monkeypatch, capsys):
     """A crash after the weights are written (here: in the model card) must not leave a half-written OUT."""
     base_dir, adapter_dir = base_and_adapter
     out = tmp_path / "merged"
@@ -106,13 +106,18 @@ def test_merge_failing_while_writing_leaves_previous_output(base_and_adapter, tm
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(export, "model_card", broken_card)
-    with pytest.raises(RuntimeError, match="disk full"):
-        main(["convert", "merge", str(base_dir), str(adapter_dir), str(out)])
+
+    def merge_fails() -> None:  # an unexpected error: one line with its type, exit status 1
+        with pytest.raises(SystemExit) as exit_info:
+            main(["convert", "merge", str(base_dir), str(adapter_dir), str(out)])
+        assert exit_info.value.code == 1
+        assert "xtune: error: RuntimeError: disk full" in capsys.readouterr().err
+
+    merge_fails()
     assert list(tmp_path.iterdir()) == []  # neither OUT nor a temporary directory
 
     out.mkdir()
     (out / "previous.txt").write_text("an earlier export")
-    with pytest.raises(RuntimeError, match="disk full"):
-        main(["convert", "merge", str(base_dir), str(adapter_dir), str(out)])
+    merge_fails()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
     assert [p.name for p in out.iterdir()] == ["previous.txt"]

@@ -89,7 +89,7 @@ def test_image_tokens_count_against_max_length(folder, tokenizer):
     assert len(full) > TOKENS
     # Just enough room for the prompt with its image tokens, none for the answer: nothing left to train.
     cut = next(i for i, label in enumerate(full.labels) if label != IGNORE_INDEX)
-    with pytest.raises(DataError, match="no sample has anything to train on"):
+    with pytest.raises(DataError, match="data.jsonl: no record has anything to train"):
         build(config(folder, records, max_length=cut), tokenizer)
     text_only = build(config(folder, [record("b", None, question="What colour?")], max_length=cut), tokenizer)
     # the same record without an image fits: its length is the text alone (no image tokens, no newline after them)

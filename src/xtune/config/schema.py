@@ -200,10 +200,14 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: byte offset {e.start} is not UTF-8; save the config as UTF-8 text") from None
     try:
         raw = parse_yaml(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        line, column, problem = _yaml_problem(e)
+        where, column = (f":{line}", f" (column {column})") if line else ("", "")
+        raise ConfigError(f"{path}{where}: not valid YAML: {problem}{column}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections (model, data, training, ...)")
     for override in overrides:
@@ -229,7 +233,23 @@ def apply_override(raw: dict, override: str) -> None:
             raise ConfigError(f"--set {override!r}: {part!r} is not a section")
     if isinstance(node, list):
         raise ConfigError(f"--set {override!r}: set a key of a list item, e.g. data.datasets.0.path=...")
-    node[parts[-1]] = parse_yaml(value)
+    try:
+        node[parts[-1]] = parse_yaml(value)
+    except yaml.YAMLError as e:
+        _, column, problem = _yaml_problem(e)
+        where = f" at column {column}" if column else ""
+        raise ConfigError(
+            f"--set {override!r}: the value {value!r} is not valid YAML ({problem}{where}); close its brackets "
+            f"and quotes, or quote a plain string: --set '{key.strip()}=\"...\"'"
+        ) from None
+
+
+def _yaml_problem(error: yaml.YAMLError) -> tuple[int | None, int | None, str]:
+    """(line, column, problem) of a YAML error, to say on one line: PyYAML's own message spans several, with a
+    copy of the text pointing at the column."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return (mark.line + 1, mark.column + 1, problem) if mark is not None else (None, None, problem)
 
 
 def validate_config(raw: dict[str, Any], source: str = "<config>", yaml_text: str | None = None) -> Config:

@@ -21,7 +21,7 @@ from xtune.assets import resolve_path
 from xtune.config.schema import DatasetSettings, DataSettings
 from xtune.data.encode import EncodedSample, encode_batch, has_trained_tokens, sample_segments
 from xtune.data.formats import MapFn, RecordError, get_map_fn
-from xtune.data.loading import load_records, record_location
+from xtune.data.loading import load_records, record_locator
 from xtune.data.packing import Row, fill_ratio, pack, single_rows
 from xtune.errors import DataError
 from xtune.io import write_atomically, write_text_atomically
@@ -30,6 +30,36 @@ from xtune.templates import ChatTemplate, TokenizerTemplate, resolve_template
 Template = ChatTemplate | TokenizerTemplate
 
 ENCODE_BATCH = 1024
+NO_ASSISTANT_TURN = "no assistant turn"
+
+
+class BadRecord(DataError):
+    """A record that cannot be used, at `location` (file:line); records with the same fault share `problem`, so a
+    report can group them."""
+
+    def __init__(self, location: str, problem: str):
+        super().__init__(f"{location}: {problem}")
+        self.location, self.problem = location, problem
+
+
+def untrained_reason(sample: EncodedSample) -> str | None:
+    """Why an encoded sample trains nothing (it is skipped and counted under this reason), or None."""
+    if has_trained_tokens(sample):
+        return None
+    return "nothing to train within max_length" if sample.truncated else "nothing to train"
+
+
+def nothing_to_train_error(path: str, dropped: Counter, data: DataSettings) -> DataError:
+    """A dataset none of whose records trains anything: a mistake (the wrong format, a max_length too short),
+    never a dataset worth training on."""
+    reasons = ", ".join(f"{reason}: {n}" for reason, n in dropped.most_common())
+    fix = "check that data.datasets[].format matches the records"
+    if any("max_length" in reason for reason in dropped):
+        fix += f" and that data.max_length ({data.max_length}) leaves room for the replies"
+    return DataError(
+        f"{path}: no record has anything to train ({reasons}); {fix} "
+        "(`xtune check-dataset` lists the records with file:line)"
+    )
 
 
 @dataclass
@@ -84,8 +114,9 @@ class TrainingData:
 class _RecordEncoder:
     """Map, template and tokenize a batch of records (columns, as `datasets` hands them), in this process or in a
     `datasets.map` worker. A bad record becomes an error message in its row rather than an exception, so the
-    caller reports the first one in file order, wherever it was found; a record the map function marks skippable
-    gets its reason instead."""
+    caller reports the first one in file order, wherever it was found, with its file:line; a record the map
+    function marks skippable, or a conversation without an assistant turn (nothing to train), gets its skip
+    reason instead."""
 
     def __init__(
         self,
@@ -100,15 +131,18 @@ class _RecordEncoder:
         self.template, self.tokenizer, self.max_length = template, tokenizer, data.max_length
         self.system = dataset.system if dataset.system is not None else data.system
 
-    def __call__(self, columns: dict[str, list], indices: list[int]) -> dict[str, list]:
+    def __call__(self, columns: dict[str, list]) -> dict[str, list]:
         records = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
         n = len(records)
         out: dict[str, list] = {"input_ids": [[]] * n, "labels": [[]] * n, "truncated": [False] * n}
         out.update(images=[[]] * n, error=[""] * n, skip=[""] * n)
         good = []
-        for row, (index, record) in enumerate(zip(indices, records, strict=True)):
+        for row, record in enumerate(records):
             try:
                 mapped = self.map_fn(record)
+                if "messages" in mapped and not any(m.get("role") == "assistant" for m in mapped["messages"]):
+                    out["skip"][row] = NO_ASSISTANT_TURN
+                    continue
                 good.append((row, sample_segments(mapped, self.template, self.tokenizer, self.system)))
                 out["images"][row] = mapped.get("images", [])
             except (RecordError, KeyError, TypeError, ValueError) as e:
@@ -118,9 +152,8 @@ class _RecordEncoder:
                 key = getattr(e, "key", None) or (e.args[0] if isinstance(e, KeyError) else None)
                 detail = f"missing key {key!r}" if isinstance(e, KeyError) else str(e)
                 out["error"][row] = (
-                    f"{record_location(self.path, index)}: {detail} (format {self.format!r}, keys present: "
-                    f"{', '.join(record) or 'none'}). Fix the record or choose the format that matches your data "
-                    "(`xtune list-dataset-format`)."
+                    f"{detail} (format {self.format!r}, keys present: {', '.join(record) or 'none'}). Fix the record "
+                    "or choose the format that matches your data (`xtune list-dataset-format`)."
                 )
         encoded = encode_batch([segments for _, segments in good], self.tokenizer, self.max_length) if good else []
         for (row, _), sample in zip(good, encoded, strict=True):
@@ -137,27 +170,27 @@ def encode_records(
     data: DataSettings,
     tokenizer: PreTrainedTokenizerBase,
     template: Template | None = None,
-    on_error: Callable[[DataError], None] | None = None,
+    on_error: Callable[[BadRecord], None] | None = None,
     map_fn: MapFn | None = None,
-    on_skip: Callable[[str], None] | None = None,
+    on_skip: Callable[[str, int], None] | None = None,
 ) -> Iterator[tuple[int, EncodedSample]]:
     """(record index, encoded sample) for every record of one dataset, in file order. A bad record raises a
-    DataError naming file, line and key, or, with `on_error`, is reported there and skipped. `map_fn` replaces
-    the dataset's format (formats that need settings, such as xtune.multimodal's); a record it marks skippable
-    is dropped and its reason passed to `on_skip`.
+    BadRecord naming file, line and key, or, with `on_error`, is reported there and skipped. `map_fn` replaces
+    the dataset's format (formats that need settings, such as xtune.multimodal's); a record it marks skippable,
+    or one with no assistant turn, is dropped and its reason and index passed to `on_skip`.
 
     With several workers (data.num_proc) the records are encoded by `datasets.map` in worker processes first;
     in one process they are encoded lazily, batch by batch, so a preview of the first samples stays quick."""
     template = template or resolve_template(data.template, tokenizer)
     encoder = _RecordEncoder(dataset, data, tokenizer, template, map_fn)
     records = load_records(encoder.path)
+    locate = record_locator(encoder.path)
     workers = data.num_proc or 1
     if workers > 1:
         encoded = records.map(
             encoder,
             batched=True,
             batch_size=ENCODE_BATCH,
-            with_indices=True,
             num_proc=workers,
             remove_columns=records.column_names,
             keep_in_memory=True,  # xtune's own cache keeps the result; no second copy in ~/.cache/huggingface
@@ -166,21 +199,18 @@ def encode_records(
         )
         batches = (encoded[start : start + ENCODE_BATCH] for start in range(0, len(encoded), ENCODE_BATCH))
     else:
-        batches = (
-            encoder(records[start : start + ENCODE_BATCH], list(range(start, min(start + ENCODE_BATCH, len(records)))))
-            for start in range(0, len(records), ENCODE_BATCH)
-        )
+        batches = (encoder(records[start : start + ENCODE_BATCH]) for start in range(0, len(records), ENCODE_BATCH))
     index = 0
     for columns in batches:
         fields = ("input_ids", "labels", "truncated", "images", "error", "skip")
         for ids, labels, truncated, images, error, skip in zip(*(columns[k] for k in fields), strict=True):
             if skip:
                 if on_skip is not None:
-                    on_skip(skip)
+                    on_skip(skip, index)
             elif error:
                 if on_error is None:
-                    raise DataError(error)
-                on_error(DataError(error))
+                    raise BadRecord(locate(index), error)
+                on_error(BadRecord(locate(index), error))
             else:
                 yield index, EncodedSample(ids, labels, truncated, images)
             index += 1
@@ -214,17 +244,20 @@ def tokenized_dataset(
 
     samples, stats = [], DatasetStats()
 
-    def count_skipped(reason: str) -> None:
+    def count_skipped(reason: str, index: int) -> None:
         stats.dropped[reason] += 1
 
     for _, sample in encode_records(dataset, data, tokenizer, template, map_fn=map_fn, on_skip=count_skipped):
-        if not has_trained_tokens(sample):
-            stats.dropped["nothing to train within max_length" if sample.truncated else "nothing to train"] += 1
+        reason = untrained_reason(sample)
+        if reason:
+            stats.dropped[reason] += 1
             continue
         stats.truncated += sample.truncated
         stats.tokens += len(sample.input_ids)
         samples.append(sample)
     stats.samples = len(samples)
+    if not samples and stats.dropped:  # before the cache, so that a refused dataset leaves nothing behind
+        raise nothing_to_train_error(dataset.path, stats.dropped, data)
     if cache is not None:  # written only after every record encoded: a failed run caches nothing
 
         def write(tmp: Path) -> None:

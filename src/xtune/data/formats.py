@@ -136,7 +136,26 @@ def openai(record: dict) -> Sample:
         if message.get("loss") is not None:
             converted["loss"] = bool(message["loss"])
         out.append(converted)
+    _check_tool_results(out)
     return _with_tools({"messages": _drop_leading_assistant(out)}, record)
+
+
+def _check_tool_results(messages: list[dict]) -> None:
+    """Each tool result answers one call of the assistant message just before it. A result that answers none
+    would train the reply after it on an answer the model never asked for, and renders as a tool turn with no
+    call in the template's format."""
+    pending = 0  # calls of the last assistant message not answered yet
+    for i, message in enumerate(messages):
+        if message["role"] == "tool":
+            if not pending:
+                raise RecordError(
+                    f"messages[{i}] is a tool result that answers no call; add the call to the tool_calls of the "
+                    "assistant message before it, or remove the result",
+                    f"messages[{i}]",
+                )
+            pending -= 1
+        else:
+            pending = len(message.get("tool_calls", ()))
 
 
 def _without_nulls(value: Any) -> Any:

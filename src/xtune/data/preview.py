@@ -12,13 +12,44 @@ from rich.table import Table
 from rich.text import Text
 from transformers import PreTrainedTokenizerBase
 
+from xtune.assets import resolve_path
 from xtune.config.schema import Config
-from xtune.data.dataset import encode_records
-from xtune.data.encode import IGNORE_INDEX, EncodedSample, has_trained_tokens
+from xtune.data.dataset import BadRecord, encode_records, nothing_to_train_error, untrained_reason
+from xtune.data.encode import IGNORE_INDEX, EncodedSample
+from xtune.data.loading import record_locator
 from xtune.errors import DataError
 from xtune.templates import config_template
 
 HISTOGRAM_BINS = 8
+SHOWN_PER_PROBLEM = 10  # records listed for each distinct problem; the rest are counted
+
+
+class GroupedProblems:
+    """Problems grouped by their text, in the order they first appear: the first few records of each are listed
+    with file:line and the rest counted, so that 1,000 records with one fault read as one fault, not 1,000 lines."""
+
+    def __init__(self, shown: int = SHOWN_PER_PROBLEM):
+        self.shown = shown
+        self.locations: dict[str, list[str]] = {}  # problem -> its first shown + 1 locations, in file order
+        self.counts: Counter = Counter()
+
+    def add(self, record: BadRecord) -> None:
+        locations = self.locations.setdefault(record.problem, [])
+        if len(locations) <= self.shown:  # one more than shown: where the unlisted ones start
+            locations.append(record.location)
+        self.counts[record.problem] += 1
+
+    def __len__(self) -> int:
+        return self.counts.total()
+
+    def print(self, console: Console, label: str) -> None:
+        for problem, locations in self.locations.items():
+            lines = [f"{label}: {location}: {problem}" for location in locations[: self.shown]]
+            if self.counts[problem] > self.shown:
+                more = self.counts[problem] - self.shown
+                lines.append(f"{label}: ... and {more} more like it; first at {locations[self.shown]}")
+            for line in lines:
+                console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def dataset_map_fns(cfg: Config):
@@ -32,24 +63,29 @@ def dataset_map_fns(cfg: Config):
 
 
 def check_dataset(cfg: Config, tokenizer: PreTrainedTokenizerBase, console: Console) -> int:
-    """Read every record of every dataset; report counts, lengths, truncation and every bad record.
-    Returns the number of bad records (the command's exit status is non-zero when there are any)."""
+    """Read every record of every dataset; report counts, lengths, truncation, every bad record and every record
+    training would skip, with file:line (grouped when many share one problem). Returns the number of problems
+    that stop training: bad records, and datasets none of whose records trains anything (the command's exit
+    status is non-zero when there are any)."""
     total_errors = 0
     template = config_template(cfg, tokenizer)
     map_fn_of = dataset_map_fns(cfg)
     for dataset in cfg.data.datasets:
-        errors: list[DataError] = []
+        errors, skipped = GroupedProblems(), GroupedProblems()
         lengths, truncated, dropped = [], 0, Counter()
+        locate = record_locator(resolve_path(dataset.path))
 
-        def count_skipped(reason: str, dropped: Counter = dropped) -> None:
+        def count_skipped(reason: str, index: int, dropped: Counter = dropped, skipped=skipped, locate=locate) -> None:
             dropped[reason] += 1
+            skipped.add(BadRecord(locate(index), f"{reason}; training skips this record"))
 
         records = encode_records(
-            dataset, cfg.data, tokenizer, template, errors.append, map_fn_of(dataset), on_skip=count_skipped
+            dataset, cfg.data, tokenizer, template, errors.add, map_fn_of(dataset), on_skip=count_skipped
         )
-        for _, sample in records:
-            if not has_trained_tokens(sample):
-                dropped["nothing to train within max_length" if sample.truncated else "nothing to train"] += 1
+        for index, sample in records:
+            reason = untrained_reason(sample)
+            if reason:
+                count_skipped(reason, index)
                 continue
             truncated += sample.truncated
             lengths.append(len(sample.input_ids))
@@ -65,9 +101,13 @@ def check_dataset(cfg: Config, tokenizer: PreTrainedTokenizerBase, console: Cons
         console.print(table)
         if lengths:
             console.print(length_histogram(lengths, cfg.data.max_length))
-        for error in errors:
-            console.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
+        errors.print(console, "error")
+        skipped.print(console, "skipped")
         total_errors += len(errors)
+        if not lengths and dropped:  # training refuses such a dataset
+            refusal = nothing_to_train_error(dataset.path, dropped, cfg.data)
+            console.print(f"error: {refusal}", highlight=False, markup=False, soft_wrap=True)
+            total_errors += 1
     return total_errors
 
 
@@ -94,7 +134,15 @@ def log_dataset(
     """Print encoded samples: text, the text with trained spans highlighted, ids and/or labels."""
     dataset = cfg.data.datasets[0]
     map_fn = dataset_map_fns(cfg)(dataset)
-    samples = encode_records(dataset, cfg.data, tokenizer, config_template(cfg, tokenizer), map_fn=map_fn)
+    skipped: dict[int, str] = {}  # record index -> why training skips it: there is nothing to show
+    samples = encode_records(
+        dataset,
+        cfg.data,
+        tokenizer,
+        config_template(cfg, tokenizer),
+        map_fn=map_fn,
+        on_skip=lambda reason, i: skipped.setdefault(i, reason),
+    )
     chosen = islice(((i, s) for i, s in samples if index is None or i == index), count)
     found = False
     for record_index, sample in chosen:
@@ -132,6 +180,9 @@ def log_dataset(
         if show in ("labels", "all"):
             console.print(f"labels: {sample.labels}", highlight=False)
     if not found:
+        if index in skipped:
+            location = record_locator(resolve_path(dataset.path))(index)
+            raise DataError(f"{location}: record {index} is skipped in training ({skipped[index]}); nothing to show")
         raise DataError(
             f"{dataset.path}: no record with index {index}" if index is not None else f"{dataset.path}: no records"
         )

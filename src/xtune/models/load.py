@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +50,43 @@ def resolve_model_dir(path: str) -> Path:
     )
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json", ".h5", ".msgpack", ".pt", ".pth")
+
+
+def check_model_dir(model_dir: Path, needs: str = "config") -> None:
+    """Say what is wrong with a model directory before transformers fails on it with a bare ValueError, OSError
+    or JSONDecodeError that names neither the directory nor the fix: an empty or wrong directory, a config.json
+    that is not JSON, missing weights (an interrupted download). `needs`: "tokenizer" (its files, no config.json:
+    an adapter's directory has none), "config" (a randomly initialised model) or "weights"."""
+    fix = "copy or download the model again, or point model.path (or the MODEL argument) at another directory"
+    problem = None
+    config = model_dir / "config.json"
+    if not any(model_dir.iterdir()):
+        problem = "is empty"
+    elif config.is_file():
+        try:
+            parsed = json.loads(config.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{config}:{e.lineno}: not valid JSON ({e.msg}); {fix}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{config}: byte offset {e.start} is not UTF-8, so not JSON; {fix}") from None
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"{config}: a JSON {type(parsed).__name__}, not the object of a model config; {fix}")
+    elif needs != "tokenizer":
+        problem = "has no config.json"
+    if problem is None and needs == "tokenizer" and not any((model_dir / f).is_file() for f in TOKENIZER_FILES):
+        problem = f"has no tokenizer files ({', '.join(TOKENIZER_FILES)})"
+    has_weights = needs != "weights" or any(f.name.endswith(WEIGHT_SUFFIXES) for f in model_dir.iterdir())
+    if problem is None and not has_weights:
+        problem = "has no weights (model.safetensors, pytorch_model.bin, or their shards and index)"
+    if problem is not None:
+        raise ConfigError(
+            f"model directory {model_dir} {problem}: a Hugging Face model directory holds config.json, the "
+            f"tokenizer files and the weights; {fix}"
+        )
+
+
 def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
@@ -85,6 +123,7 @@ def _is_internlm2_dir(model_dir: Path) -> bool:
 def causal_lm_from_pretrained(model_dir: Path, trust_remote_code: bool = False, **kwargs) -> PreTrainedModel:
     """transformers' AutoModelForCausalLM, except that InternLM2 checkpoints load natively into the Llama
     implementation: their remote modeling code breaks with each transformers release."""
+    check_model_dir(model_dir, "weights")
     if _is_internlm2_dir(model_dir):
         model = load_internlm2_as_llama(model_dir, **kwargs)
     elif (model_dir / "config.json").exists() and read_config(model_dir).get("model_type") == "llava":
@@ -133,6 +172,7 @@ def load_tokenizer(
     path: str | Path, trust_remote_code: bool = False, add_special_tokens: list[str] = ()
 ) -> PreTrainedTokenizerBase:
     model_dir = resolve_model_dir(str(path))
+    check_model_dir(model_dir, "tokenizer")
     if _is_internlm2_dir(model_dir):
         tokenizer = load_internlm2_tokenizer(model_dir)
     else:
@@ -181,6 +221,7 @@ def load_base_model(
     bf16 autocast and keep fp32 activations."""
     device = device or default_device()
     model_dir = resolve_model_dir(settings.path)
+    check_model_dir(model_dir)
     dtype = resolve_dtype(settings.dtype, device)
     attn = None if settings.attn_implementation == "auto" else settings.attn_implementation
     common = dict(dtype=dtype, attn_implementation=attn)

@@ -155,15 +155,6 @@ class FinetuneRecipe:
         self.zero3 = self.ds_config is not None and deepspeed_engine.zero_stage(self.ds_config) == 3
         # Before anything is written or loaded: a --resume that cannot be honoured costs nothing.
         resume_from, skipped = checkpoint_to_resume(self.work_dir, resume)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.console = Console(stderr=True)
-        # From the start, so setup and resume are logged too; one log, written by rank 0.
-        setup_logging(self.work_dir / "train.log" if world.is_main else None, self.console)
-        for line in skipped:
-            logger.warning(f"--resume: skipping {line}")
-        if world.is_main:  # before this run writes anything; the other ranks write nothing until the data is ready
-            for line in remove_stale_writes(self.work_dir):
-                logger.info(f"a killed run's leftovers: {line}")
         torch.manual_seed(cfg.training.seed)
         # A LLaVA config (model.vision): its model, image batches and outputs come from xtune.multimodal.
         self.multimodal = None
@@ -178,12 +169,21 @@ class FinetuneRecipe:
         self.template = config_template(cfg, self.tokenizer)
         if isinstance(self.template, ChatTemplate):  # record what `auto` chose, for chat and export
             cfg.data.template = self.template.name
-        if world.is_main:
-            config_text = yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True)
-            (self.work_dir / CONFIG_FILE).write_text(config_text)
         with main_first(world):  # rank 0 tokenizes and caches, the other ranks read the cache
             map_fn_of = self.multimodal.map_fn_of if self.multimodal else None
             self.data = build_training_data(cfg.data, self.tokenizer, self.template, cfg.training.seed, map_fn_of)
+        # Only now, with tokenizer and data read: a run refused for bad input leaves no work dir behind.
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.console = Console(stderr=True)
+        # Before the model loads and resume, so they are logged too; one log, written by rank 0.
+        setup_logging(self.work_dir / "train.log" if world.is_main else None, self.console)
+        for line in skipped:
+            logger.warning(f"--resume: skipping {line}")
+        if world.is_main:  # before this run writes anything; the other ranks write nothing until the model loads
+            for line in remove_stale_writes(self.work_dir):
+                logger.info(f"a killed run's leftovers: {line}")
+            config_text = yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True)
+            (self.work_dir / CONFIG_FILE).write_text(config_text)
         compute_dtype = autocast_dtype(t.mixed_precision, self.device)  # QLoRA's 4-bit layers compute in it
         if self.multimodal:
             self.model = self.multimodal.model(self.tokenizer, self.device, world, compute_dtype)

@@ -1,0 +1,361 @@
+"""The bad-input corpus: each case gives the CLI a broken file or flag and expects one exact error line, the exit
+status, no traceback, and nothing written: no work dir, no tokenized-data cache, nothing in the current directory.
+
+Every case runs `xtune.cli.main` in this process and fails before a model would load (loading one fails the
+case), so the whole table takes seconds. Placeholders in argv and expected lines: {inputs} (the folder of the
+case's files), {data} (its data file), {work} (the --work-dir).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from xtune.assets import resolve_path
+from xtune.cli import main
+
+PRESET = "tiny_assistant_lora"
+ANSWERED = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
+NO_ASSISTANT = {"messages": [{"role": "user", "content": "Anyone there?"}]}
+ORPHAN_RESULT = {
+    "messages": [
+        {"role": "user", "content": "6 times 7?"},
+        {"role": "tool", "content": "42"},
+        {"role": "assistant", "content": "It is 42."},
+    ]
+}
+MISSING_OUTPUT = {"instruction": "Say hi"}
+
+
+def jsonl(*records: dict) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+
+
+ANSWERED_LINE = jsonl(ANSWERED)
+LATIN1_PREFIX = b'{"messages": [{"role": "user", "content": "caf'
+UTF8_FIX = (
+    "data files must be UTF-8 text; re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or fix "
+    "data.datasets[].path if it names the wrong file"
+)
+NO_RECORDS_FIX = (
+    "data.datasets[].path must name a file of records (`xtune list-dataset-format` shows an example record of each "
+    "format)"
+)
+MODEL_FIX = (
+    "a Hugging Face model directory holds config.json, the tokenizer files and the weights; copy or download the "
+    "model again, or point model.path (or the MODEL argument) at another directory"
+)
+ORPHAN_PROBLEM = (
+    "messages[1] is a tool result that answers no call; add the call to the tool_calls of the assistant message "
+    "before it, or remove the result (format 'openai', keys present: messages). Fix the record or choose the format "
+    "that matches your data (`xtune list-dataset-format`)."
+)
+MISSING_OUTPUT_PROBLEM = (
+    "missing key 'output' (format 'alpaca', keys present: instruction). Fix the record or choose the format that "
+    "matches your data (`xtune list-dataset-format`)."
+)
+NOTHING_TO_TRAIN = (
+    "{data}: no record has anything to train (no assistant turn: 3); check that data.datasets[].format matches the "
+    "records (`xtune check-dataset` lists the records with file:line)"
+)
+CHECK_FAILED = "xtune: error: {n} problem(s) that stop training; see the lines starting with 'error:' above"
+
+
+@dataclass
+class Case:
+    id: str
+    argv: list[str]
+    err: str  # the exact last line of stderr
+    files: dict[str, bytes] = field(default_factory=dict)  # written under {inputs}; a name ending in / is a folder
+    code: int = 2
+    out: list[str] = field(default_factory=list)  # exact lines stdout must hold, in this order
+    data: str = "d.jsonl"  # {data}: the data file under {inputs}
+
+
+def datasets_override(name: str, fmt: str) -> str:
+    return f'data.datasets=[{{"path": "{{inputs}}/{name}", "format": "{fmt}"}}]'
+
+
+def data_cases(id: str, name: str, content: bytes | None, err: str, fmt: str = "openai") -> list[Case]:
+    """A bad data file (None: none there) is reported the same way by check-dataset and by train."""
+    files = {name: content} if content is not None else {}
+    check = ["check-dataset", PRESET, "--set", datasets_override(name, fmt)]
+    train = ["train", PRESET, "--work-dir", "{work}", "--set", datasets_override(name, fmt)]
+    return [Case(f"{id}-check", check, err, files, data=name), Case(f"{id}-train", train, err, files, data=name)]
+
+
+def record_cases(
+    id: str, content: bytes, train_err: str, check_errors: int, check_out: list[str], fmt: str = "openai"
+) -> list[Case]:
+    """Bad records: training stops at the first (or refuses the dataset); check-dataset lists them on stdout and
+    fails, counting `check_errors` problems."""
+    check = ["check-dataset", PRESET, "--set", datasets_override("d.jsonl", fmt)]
+    train = ["train", PRESET, "--work-dir", "{work}", "--set", datasets_override("d.jsonl", fmt)]
+    return [
+        Case(f"{id}-check", check, CHECK_FAILED.format(n=check_errors), {"d.jsonl": content}, out=check_out),
+        Case(f"{id}-train", train, train_err, {"d.jsonl": content}),
+    ]
+
+
+CASES = [
+    # 1. binary garbage or a non-UTF-8 byte: file, line and byte offset
+    *data_cases(
+        "non-utf8-jsonl",
+        "d.jsonl",
+        ANSWERED_LINE + LATIN1_PREFIX + b'\xe9"}]}\n',  # "café" in Latin-1
+        f"xtune: error: {{data}}:2: byte offset {len(ANSWERED_LINE + LATIN1_PREFIX)} (0xe9) is not UTF-8: {UTF8_FIX}",
+    ),
+    *data_cases(
+        "binary-json",
+        "d.json",
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+        f"xtune: error: {{data}}:1: byte offset 0 (0x89) is not UTF-8: {UTF8_FIX}",
+    ),
+    *data_cases(
+        "latin1-csv",
+        "d.csv",
+        b"prompt,response\nhi,hello\nbye,adi\xf3s\n",
+        f"xtune: error: {{data}}:3: byte offset 32 (0xf3) is not UTF-8: {UTF8_FIX}",
+        fmt="prompt_response",
+    ),
+    # 2. no records at all
+    *data_cases("empty-jsonl", "d.jsonl", b"", f"xtune: error: {{data}}: the file is empty; {NO_RECORDS_FIX}"),
+    *data_cases(
+        "whitespace-json",
+        "d.json",
+        b"  \n\t\n\n",
+        f"xtune: error: {{data}}: the file is only whitespace; {NO_RECORDS_FIX}",
+    ),
+    *data_cases(
+        "empty-array-json",
+        "d.json",
+        b"[]\n",
+        f"xtune: error: {{data}}: an empty JSON array, no records; {NO_RECORDS_FIX}",
+    ),
+    *data_cases(
+        "header-only-csv",
+        "d.csv",
+        b"prompt,response\n",
+        f"xtune: error: {{data}}: a header line and no records; {NO_RECORDS_FIX}",
+        fmt="prompt_response",
+    ),
+    *data_cases(
+        "missing-data-file",
+        "d.jsonl",
+        None,
+        "xtune: error: data file {data} does not exist; check data.datasets[].path in your config",
+    ),
+    # 3. bad YAML in an override
+    Case(
+        "bad-yaml-override",
+        ["check-dataset", PRESET, "--set", "data.datasets=[{"],
+        "xtune: error: --set 'data.datasets=[{': the value '[{' is not valid YAML (expected the node content, but "
+        "found '<stream end>' at column 3); close its brackets and quotes, or quote a plain string: "
+        "--set 'data.datasets=\"...\"'",
+    ),
+    Case(
+        "bad-yaml-config",
+        ["train", "{inputs}/config.yaml", "--work-dir", "{work}"],
+        "xtune: error: {inputs}/config.yaml:4: not valid YAML: expected the node content, but found '<stream end>' "
+        "(column 1)",
+        {"config.yaml": b"model:\n  path: builtin:tiny-llama\ndata: {datasets: [\n"},
+    ),
+    Case(
+        "missing-config",
+        ["train", "{inputs}/nope.yaml", "--work-dir", "{work}"],
+        "xtune: error: cannot read config {inputs}/nope.yaml: No such file or directory",
+    ),
+    # 4. a broken model directory
+    *[
+        Case(
+            f"empty-model-dir-{command}",
+            [command, PRESET, *extra, "--set", "model.path={inputs}/model"],
+            f"xtune: error: model directory {{inputs}}/model is empty: {MODEL_FIX}",
+            {"model/": b""},
+        )
+        for command, extra in (("check-dataset", []), ("train", ["--work-dir", "{work}"]))
+    ],
+    Case(
+        "model-config-not-json",
+        ["train", PRESET, "--work-dir", "{work}", "--set", "model.path={inputs}/model"],
+        "xtune: error: {inputs}/model/config.json:1: not valid JSON (Expecting property name enclosed in double "
+        "quotes); copy or download the model again, or point model.path (or the MODEL argument) at another directory",
+        {"model/config.json": b'{"model_type": "llama",,}', "model/tokenizer.json": b"{}"},
+    ),
+    Case(
+        "model-without-tokenizer",
+        ["check-dataset", PRESET, "--set", "model.path={inputs}/model"],
+        "xtune: error: model directory {inputs}/model has no tokenizer files (tokenizer.json, tokenizer_config.json, "
+        f"tokenizer.model, vocab.json, vocab.txt): {MODEL_FIX}",
+        {"model/config.json": b'{"model_type": "llama"}'},
+    ),
+    Case(
+        "model-without-weights",
+        ["chat", "builtin:tiny-llama", "--prompt", "hi"],
+        "xtune: error: model directory {tiny_llama} has no weights (model.safetensors, pytorch_model.bin, or their "
+        f"shards and index): {MODEL_FIX}",
+    ),
+    # 5. a work dir that is a file
+    Case(
+        "work-dir-is-a-file",
+        ["train", PRESET, "--work-dir", "{inputs}/work.txt"],
+        "xtune: error: --work-dir {inputs}/work.txt is a file, not a directory; choose another directory with "
+        "--work-dir DIR",
+        {"work.txt": b"notes"},
+    ),
+    Case(
+        "work-dir-under-a-file",
+        ["train", PRESET, "--work-dir", "{inputs}/work.txt/run1"],
+        "xtune: error: --work-dir {inputs}/work.txt/run1: {inputs}/work.txt is a file, not a directory; choose "
+        "another directory with --work-dir DIR",
+        {"work.txt": b"notes"},
+    ),
+    Case(
+        "copy-cfg-into-a-file",
+        ["copy-cfg", PRESET, "{inputs}/work.txt"],
+        "xtune: error: copy-cfg DIR {inputs}/work.txt is a file, not a directory; name a directory to write the copy "
+        "into",
+        {"work.txt": b"notes"},
+    ),
+    # 6. records with nothing to train, and tool results that answer no call
+    *record_cases(
+        "no-assistant-turn-anywhere",
+        jsonl(NO_ASSISTANT, NO_ASSISTANT, NO_ASSISTANT),
+        "xtune: error: " + NOTHING_TO_TRAIN,
+        1,
+        [
+            *[f"skipped: {{data}}:{n}: no assistant turn; training skips this record" for n in (1, 2, 3)],
+            "error: " + NOTHING_TO_TRAIN,
+        ],
+    ),
+    *record_cases(
+        "tool-result-answers-no-call",
+        ANSWERED_LINE + jsonl(ORPHAN_RESULT, ANSWERED, NO_ASSISTANT),
+        f"xtune: error: {{data}}:2: {ORPHAN_PROBLEM}",
+        1,
+        [f"error: {{data}}:2: {ORPHAN_PROBLEM}", "skipped: {data}:4: no assistant turn; training skips this record"],
+    ),
+    # 7. a thousand records with one problem: ten listed, the rest counted
+    *record_cases(
+        "one-problem-1000-times",
+        jsonl(*[MISSING_OUTPUT] * 1000),
+        f"xtune: error: {{data}}:1: {MISSING_OUTPUT_PROBLEM}",
+        1000,
+        [
+            *[f"error: {{data}}:{n}: {MISSING_OUTPUT_PROBLEM}" for n in range(1, 11)],
+            "error: ... and 990 more like it; first at {data}:11",
+        ],
+        fmt="alpaca",
+    ),
+    # 8. causes that used to escape as tracebacks
+    Case(
+        "log-dataset-count-0",
+        ["log-dataset", PRESET, "--count", "0"],
+        "xtune: error: --count 0: show at least 1 sample",
+    ),
+]
+assert len({case.id for case in CASES}) == len(CASES), "case ids must be unique"
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    """A fresh tokenized-data cache and current directory inside tmp_path, so that a snapshot of tmp_path sees
+    anything a case writes; and no model may load."""
+    monkeypatch.setenv("XTUNE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a bad-input case loaded a model")
+
+    import xtune.train.recipe
+
+    monkeypatch.setattr(xtune.train.recipe, "load_base_model", no_model)
+    monkeypatch.setattr(xtune.train.recipe, "save_random_init", no_model)
+    return tmp_path
+
+
+def fill(text: str, tmp_path: Path, case: Case) -> str:
+    """The placeholders filled in; str.format would trip over the braces of the JSON and YAML in the text."""
+    inputs = tmp_path / "inputs"
+    values = {"inputs": inputs, "data": inputs / case.data, "work": tmp_path / "work"}
+    values["tiny_llama"] = resolve_path("builtin:tiny-llama")
+    for name, value in values.items():
+        text = text.replace(f"{{{name}}}", str(value))
+    return text
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_bad_input_gives_one_line_and_writes_nothing(case, sandbox, capsys):
+    inputs = sandbox / "inputs"
+    inputs.mkdir()
+    for name, content in case.files.items():
+        path = inputs / name
+        if name.endswith("/"):
+            path.mkdir(parents=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+    argv = [fill(arg, sandbox, case) for arg in case.argv]
+    before = snapshot(sandbox)
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+
+    captured = capsys.readouterr()
+    assert exit_info.value.code == case.code, captured.err
+    assert "Traceback" not in captured.err
+    err_lines = [line for line in captured.err.splitlines() if line.startswith("xtune: ")]
+    assert err_lines == [fill(case.err, sandbox, case)]
+    # check-dataset's list of records, exactly: a problem shared by 1,000 records is not listed 1,000 times
+    listed = [line for line in captured.out.splitlines() if line.startswith(("error: ", "skipped: "))]
+    assert listed == [fill(line, sandbox, case) for line in case.out]
+    assert snapshot(sandbox) == before  # no work dir, no cache entry, nothing in the current directory
+
+
+def test_a_bug_prints_one_line_with_its_type_and_exits_1(sandbox, capsys, monkeypatch):
+    import xtune.config
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something\nunexpected")
+
+    monkeypatch.setattr(xtune.config, "list_presets", broken)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["list-cfg"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert err.splitlines() == [
+        "xtune: error: RuntimeError: something unexpected (rerun with --debug for the traceback)"
+    ]
+
+
+@pytest.mark.parametrize("argv", [["--debug", "list-cfg"], ["list-cfg", "--debug"]], ids=["before", "after"])
+def test_debug_adds_the_traceback(sandbox, capsys, monkeypatch, argv):
+    import xtune.config
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something unexpected")
+
+    monkeypatch.setattr(xtune.config, "list_presets", broken)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1
+    assert err.startswith("Traceback (most recent call last):") and "in broken" in err
+    assert err.splitlines()[-1] == "xtune: error: RuntimeError: something unexpected"
+
+
+def test_debug_shows_where_a_user_error_came_from_and_keeps_its_exit_status(sandbox, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--debug", "list-cfg", "-p", "no-such-preset"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "Traceback" in err and "XtuneError" in err
+    assert err.splitlines()[-1] == "xtune: error: no preset matches 'no-such-preset'; `xtune list-cfg` lists all"
