@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from safetensors.torch import save_file
 
 from xtune.cli import main
 from xtune.errors import ConfigError
@@ -35,6 +36,7 @@ def remote_code_dir(root: Path, part: str) -> Path:
         }
         (model_dir / "config.json").write_text(json.dumps(config))
         (model_dir / "modeling_custom.py").write_text(planted)
+        save_file({}, model_dir / "model.safetensors")  # a complete directory: only the code is in question
     else:
         path = model_dir / "tokenizer_config.json"
         config = json.loads(path.read_text())
