@@ -250,7 +250,28 @@ CASES = [
         ],
         fmt="alpaca",
     ),
-    # 8. causes that used to escape as tracebacks
+    # 8. --resume that cannot be honoured: nothing is loaded or written (a damaged checkpoint's fallback and a
+    # damaged work dir are tests/train/test_checkpoint.py's)
+    Case(
+        "resume-without-a-checkpoint",
+        ["train", PRESET, "--work-dir", "{work}", "--resume"],
+        "xtune: error: --resume: {work} has no checkpoint; run without --resume to start again, or pass --resume "
+        "auto to resume where a checkpoint exists and start otherwise",
+    ),
+    Case(
+        "resume-from-a-missing-checkpoint",
+        ["train", PRESET, "--work-dir", "{work}", "--resume", "{inputs}/checkpoint-5"],
+        "xtune: error: --resume {inputs}/checkpoint-5: no such checkpoint directory; `--resume` alone takes the "
+        "newest one",
+    ),
+    Case(
+        "resume-from-an-unfinished-checkpoint",
+        ["train", PRESET, "--work-dir", "{work}", "--resume", "{inputs}/checkpoint-5"],
+        "xtune: error: --resume {inputs}/checkpoint-5: cannot resume from it: no manifest.json (an unfinished "
+        "write, or a checkpoint of an older xtune)",
+        {"checkpoint-5/trainer_state.json": b'{"step": 5}'},
+    ),
+    # 9. causes that used to escape as tracebacks
     Case(
         "log-dataset-count-0",
         ["log-dataset", PRESET, "--count", "0"],
