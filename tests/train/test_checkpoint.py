@@ -219,15 +219,7 @@ def reference(tmp_path_factory, cache_dir):
     return work_dir
 
 
-@pytest.mark.parametrize(
-    "damage",
-    [
-        "truncated trainable.safetensors",
-        "deleted optimizer.pt",
-        "truncated rng.safetensors",
-        "truncated trainer_state.json",
-    ],
-)
+@pytest.mark.parametrize("damage", DAMAGE)
 def test_resume_falls_back_to_the_newest_whole_checkpoint(reference, tmp_path, cache_dir, damage):
     """Checkpoint 6 is damaged, and the run died during step 7 after a half-written checkpoint: resume trains from
     checkpoint 4 and gives the uninterrupted run's losses for every step after it."""
@@ -245,7 +237,7 @@ def test_resume_falls_back_to_the_newest_whole_checkpoint(reference, tmp_path, c
     assert recipe.step == 4
     recipe.train()
     log = (work_dir / "train.log").read_text()
-    assert f"--resume: skipping checkpoint-6: {name}" in log and reason in log
+    assert f"--resume: skipping checkpoint-6: {'' if name == MANIFEST_FILE else name}" in log and reason in log
     assert "dropped a cut-off record" in log and "removed .checkpoint-8.tmp-999999999" in log
     assert not stale.exists()
     want, got = read_metrics(reference), read_metrics(work_dir)
