@@ -99,14 +99,20 @@ def cmd_copy_cfg(args: argparse.Namespace) -> None:
 
 
 def cmd_list_dataset_format(args: argparse.Namespace) -> None:
-    import json
+    import shutil
+    import textwrap
 
-    from xtune.data.formats import EXAMPLES, MAP_FUNCTIONS
+    from xtune.data.formats import EXAMPLES, MAP_FUNCTIONS, describe
 
-    for name, fn in MAP_FUNCTIONS.items():
-        print(f"{name:16s} {(fn.__doc__ or '').strip().splitlines()[0]}")
-        print(f"{'':16s} e.g. {json.dumps(EXAMPLES[name], ensure_ascii=False)}")
-    print("Your own: 'my_module:my_map_fn' or 'path/to/file.py:my_map_fn' (record -> {messages} or {text}).")
+    width = shutil.get_terminal_size().columns  # $COLUMNS, else the terminal, else 80
+    indent = " " * 17
+    wrap = textwrap.TextWrapper(width, subsequent_indent=indent, break_on_hyphens=False)  # keep "silk-road" whole
+    for name in MAP_FUNCTIONS:
+        print(wrap.fill(f"{name:16s} {describe(name)}"))
+        # unwrapped: the example is a record to copy, and a line break inside a JSON string would break it
+        print(f"{indent}e.g. {json.dumps(EXAMPLES[name], ensure_ascii=False)}")
+    own = "Your own: 'my_module:my_map_fn' or 'path/to/file.py:my_map_fn' (record -> {messages} or {text})."
+    print(textwrap.fill(own, width))
 
 
 def _config_and_tokenizer(args: argparse.Namespace):
