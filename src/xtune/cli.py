@@ -231,11 +231,17 @@ def cmd_eval_mmbench(args: argparse.Namespace) -> None:
     from xtune.multimodal.mmbench import run
 
     scores = run(args.model, args.tsv, args.max_new_tokens, args.out)
-    if "all" not in scores:
+    if "all" not in scores.accuracy:
         print("no question has an answer (a test split?): nothing to score")
-        return
-    for key, accuracy in sorted(scores.items(), key=lambda kv: kv[0] != "all"):
+    for key, accuracy in sorted(scores.accuracy.items(), key=lambda kv: kv[0] != "all"):
         print(f"{'accuracy' if key == 'all' else key}: {accuracy:.2%}")
+    # An accuracy below chance often means replies the scorer could not read, not wrong answers: say how many.
+    see = f"; the replies are in {args.out}" if args.out else "; --out FILE keeps the replies"
+    rate = scores.unparsed / scores.questions if scores.questions else 0.0
+    print(
+        f"unparsed: {scores.unparsed} of {scores.questions} replies ({rate:.1%}) name no option and count as wrong"
+        + (see if scores.unparsed else "")
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
