@@ -252,10 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--pattern", help="substring or glob, e.g. internlm2 or '*qlora*'")
     p.set_defaults(func=cmd_list_cfg)
 
-    p = sub.add_parser("copy-cfg", help="write an editable copy of a preset")
-    p.add_argument("name")
-    p.add_argument("dir")
-    p.add_argument("--force", action="store_true")
+    p = sub.add_parser(
+        "copy-cfg", help="write an editable copy of a preset: every key, each with a comment saying what it does"
+    )
+    p.add_argument("name", help="the preset to copy (xtune list-cfg)")
+    p.add_argument("dir", help="the directory to write NAME_copy.yaml into (created if missing)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing NAME_copy.yaml")
     p.set_defaults(func=cmd_copy_cfg)
 
     p = sub.add_parser("list-dataset-format", help="list the built-in dataset map functions")
