@@ -8,9 +8,65 @@ import json
 import os
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from xtune.errors import XtuneError
+
+
+@dataclass(frozen=True)
+class _V0:
+    """How xtune answers one of XTuner v0's verbs or flags: `alias` runs the xtune verb (or flag) that does the same;
+    otherwise `instead` is the one line saying what to run."""
+
+    alias: str | None = None
+    instead: str | None = None
+
+
+# XTuner v0's spellings, as a user coming from it types them ("verb", "verb subverb" or "verb --flag"), so that none
+# ends in a bare argparse "invalid choice". Aliases are registered with argparse (build_parser); the others stop in
+# main() with their line and exit status 2.
+XTUNER_V0: dict[str, _V0] = {
+    "check-custom-dataset": _V0(alias="check-dataset"),
+    "mmbench": _V0(alias="eval-mmbench"),
+    "chat --prompt-template": _V0(alias="--template"),
+    "chat --system-template": _V0(
+        instead="xtune has no named system prompts; pass the prompt's text with --system 'You are ...' "
+        "(the template itself is --template, XTuner's --prompt-template)"
+    ),
+    "convert split": _V0(
+        instead="xtune writes sharded Hugging Face directories itself; choose the shard size when merging: "
+        "xtune convert merge BASE ADAPTER OUT --max-shard-size 2GB"
+    ),
+}
+
+
+def _v0_aliases(command: str, name: str | None = None) -> list[str]:
+    """XTuner v0's aliases of an xtune verb (`name` None) or of one of its flags (`name` "--flag")."""
+    aliases = []
+    for spelling, v0 in XTUNER_V0.items():
+        verb, _, word = spelling.partition(" ")
+        if name is None and not word and v0.alias == command:
+            aliases.append(verb)
+        elif name is not None and verb == command and v0.alias == name:
+            aliases.append(word)
+    return aliases
+
+
+def _check_v0_spelling(argv: list[str]) -> None:
+    """Stop with the xtune command to use when argv spells one of XTuner v0's verbs or flags that xtune has no alias
+    for (the aliases argparse handles itself)."""
+    words = [a for a in argv if a != "--debug"]
+    for spelling, v0 in XTUNER_V0.items():
+        if v0.instead is None:
+            continue
+        verb, _, word = spelling.partition(" ")
+        if words[:1] != [verb]:
+            continue
+        rest = words[1:]
+        given = any(a == word or a.startswith(f"{word}=") for a in rest) if word.startswith("-") else rest[:1] == [word]
+        if given:
+            raise XtuneError(f"`xtune {spelling}` is XTuner v0's: {v0.instead}")
 
 
 def cmd_list_cfg(args: argparse.Namespace) -> None:
@@ -43,14 +99,20 @@ def cmd_copy_cfg(args: argparse.Namespace) -> None:
 
 
 def cmd_list_dataset_format(args: argparse.Namespace) -> None:
-    import json
+    import shutil
+    import textwrap
 
-    from xtune.data.formats import EXAMPLES, MAP_FUNCTIONS
+    from xtune.data.formats import EXAMPLES, MAP_FUNCTIONS, describe
 
-    for name, fn in MAP_FUNCTIONS.items():
-        print(f"{name:16s} {(fn.__doc__ or '').strip().splitlines()[0]}")
-        print(f"{'':16s} e.g. {json.dumps(EXAMPLES[name], ensure_ascii=False)}")
-    print("Your own: 'my_module:my_map_fn' or 'path/to/file.py:my_map_fn' (record -> {messages} or {text}).")
+    width = shutil.get_terminal_size().columns  # $COLUMNS, else the terminal, else 80
+    indent = " " * 17
+    wrap = textwrap.TextWrapper(width, subsequent_indent=indent, break_on_hyphens=False)  # keep "silk-road" whole
+    for name in MAP_FUNCTIONS:
+        print(wrap.fill(f"{name:16s} {describe(name)}"))
+        # unwrapped: the example is a record to copy, and a line break inside a JSON string would break it
+        print(f"{indent}e.g. {json.dumps(EXAMPLES[name], ensure_ascii=False)}")
+    own = "Your own: 'my_module:my_map_fn' or 'path/to/file.py:my_map_fn' (record -> {messages} or {text})."
+    print(textwrap.fill(own, width))
 
 
 def _config_and_tokenizer(args: argparse.Namespace):
@@ -169,11 +231,17 @@ def cmd_eval_mmbench(args: argparse.Namespace) -> None:
     from xtune.multimodal.mmbench import run
 
     scores = run(args.model, args.tsv, args.max_new_tokens, args.out)
-    if "all" not in scores:
+    if "all" not in scores.accuracy:
         print("no question has an answer (a test split?): nothing to score")
-        return
-    for key, accuracy in sorted(scores.items(), key=lambda kv: kv[0] != "all"):
+    for key, accuracy in sorted(scores.accuracy.items(), key=lambda kv: kv[0] != "all"):
         print(f"{'accuracy' if key == 'all' else key}: {accuracy:.2%}")
+    # An accuracy below chance often means replies the scorer could not read, not wrong answers: say how many.
+    see = f"; the replies are in {args.out}" if args.out else "; --out FILE keeps the replies"
+    rate = scores.unparsed / scores.questions if scores.questions else 0.0
+    print(
+        f"unparsed: {scores.unparsed} of {scores.questions} replies ({rate:.1%}) name no option and count as wrong"
+        + (see if scores.unparsed else "")
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,16 +252,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--pattern", help="substring or glob, e.g. internlm2 or '*qlora*'")
     p.set_defaults(func=cmd_list_cfg)
 
-    p = sub.add_parser("copy-cfg", help="write an editable copy of a preset")
-    p.add_argument("name")
-    p.add_argument("dir")
-    p.add_argument("--force", action="store_true")
+    p = sub.add_parser(
+        "copy-cfg", help="write an editable copy of a preset: every key, each with a comment saying what it does"
+    )
+    p.add_argument("name", help="the preset to copy (xtune list-cfg)")
+    p.add_argument("dir", help="the directory to write NAME_copy.yaml into (created if missing)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing NAME_copy.yaml")
     p.set_defaults(func=cmd_copy_cfg)
 
     p = sub.add_parser("list-dataset-format", help="list the built-in dataset map functions")
     p.set_defaults(func=cmd_list_dataset_format)
 
-    p = sub.add_parser("check-dataset", help="read every record of a config's datasets and report problems")
+    p = sub.add_parser(
+        "check-dataset",
+        aliases=_v0_aliases("check-dataset"),
+        help="read every record of a config's datasets and report problems",
+    )
     p.add_argument("config")
     p.add_argument("--set", action="append", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_check_dataset)
@@ -237,7 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a model directory, or an adapter directory (its base is found automatically)")
     p.add_argument("--adapter", help="a PEFT adapter directory to apply to MODEL")
     p.add_argument("--bits", type=int, choices=[4, 8], help="load the base quantised (bitsandbytes)")
-    p.add_argument("--template", help="chat template name; default: the one the model was trained with")
+    p.add_argument(
+        "--template",
+        *_v0_aliases("chat", "--template"),
+        help="chat template name; default: the one the model was trained with",
+    )
     p.add_argument("--system", help="system prompt")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.7)
@@ -285,7 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("eval-mmbench", help="score a LLaVA model on a multiple-choice image TSV (MMBench layout)")
+    p = sub.add_parser(
+        "eval-mmbench",
+        aliases=_v0_aliases("eval-mmbench"),
+        help="score a LLaVA model on a multiple-choice image TSV (MMBench layout)",
+    )
     p.add_argument("model", help="a LLaVA output: stage 1 or 2 final directory, or a merged model")
     p.add_argument("tsv", help="index, question, hint, A-D, answer, image (base64), category")
     p.add_argument("--max-new-tokens", type=int, default=16)
@@ -311,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     # before or after the command: `xtune --debug train ...` and `xtune train ... --debug`
     debug_help = "print the full traceback of an error"
     parser.add_argument("--debug", action="store_true", help=debug_help)
-    for command in [*sub.choices.values(), *convert.choices.values()]:
+    # dict.fromkeys: an alias maps to its verb's parser, which takes the flag once
+    for command in dict.fromkeys([*sub.choices.values(), *convert.choices.values()]):
         # SUPPRESS: a command that was not given --debug leaves the value the main parser set
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
@@ -334,6 +417,12 @@ def _prefer_deepspeed_cpu_accelerator() -> None:
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # xtune never downloads; fail fast instead of hanging
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        _check_v0_spelling(argv)
+    except XtuneError as e:
+        print(f"xtune: error: {e}", file=sys.stderr)
+        sys.exit(2)
     args = build_parser().parse_args(argv)
     if args.command in ("train", "chat", "convert"):  # the commands that load and save models
         _prefer_deepspeed_cpu_accelerator()

@@ -4,12 +4,11 @@ import fnmatch
 import re
 
 import pytest
-import yaml
 
 from xtune.cli import main
 from xtune.config import ConfigError, list_presets, resolve_config
 from xtune.config.presets import DATASETS, FAMILIES, METHODS, PRESETS, TINY_METHODS, get_preset, merge
-from xtune.config.schema import load_config
+from xtune.config.schema import Config, TrainingSettings, load_config, parse_yaml
 
 EXPECTED_TEMPLATE = {"internlm2": "internlm2_chat", "qwen2": "qwen_chat", "llama3": "llama3_chat"}
 EXPECTED_FORMAT = {"alpaca": "alpaca", "oasst1": "oasst1"}
@@ -143,17 +142,68 @@ def test_cli_list_cfg_without_match_exits_2(capsys):
     assert "no preset matches" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["internlm2_chat_1_8b_qlora_alpaca_e3", "tiny_assistant_lora"])
+COPIED = [
+    "internlm2_chat_1_8b_qlora_alpaca_e3",
+    "qwen2_7b_instruct_full_oasst1_e3",
+    "tiny_assistant_lora",  # max_steps instead of epochs
+    "tiny_llava_lora_finetune",
+    "llava_internlm2_chat_1_8b_qlora_clip_vit_large_p14_336_lora_e1_gpu8_finetune",
+]
+
+
+@pytest.mark.parametrize("name", COPIED)
 def test_cli_copy_cfg_round_trips(tmp_path, capsys, name):
     out_dir = tmp_path / "configs"
     main(["copy-cfg", name, str(out_dir)])
     written = out_dir / f"{name}_copy.yaml"
     assert str(written) in capsys.readouterr().out
-    assert yaml.safe_load(written.read_text(encoding="utf-8")) == PRESETS[name]
-    assert load_config(written) == resolve_config(name)[0]
-    cfg, work_name = resolve_config(str(written))
-    assert cfg == resolve_config(name)[0] and work_name == f"{name}_copy"
+    cfg = resolve_config(name)[0]
+    assert load_config(written) == cfg
+    cfg_from_file, work_name = resolve_config(str(written))
+    assert cfg_from_file == cfg and work_name == f"{name}_copy"
+    # every key, defaults included, in the schema's order (model first), not only the keys the preset sets
+    raw = parse_yaml(written.read_text(encoding="utf-8"))
+    assert raw == cfg.model_dump()
+    assert list(raw) == list(Config.model_fields) and list(raw["training"]) == list(TrainingSettings.model_fields)
     assert [p.name for p in out_dir.iterdir()] == [written.name]  # no temporary file left behind
+
+
+def test_cli_copy_cfg_comments_every_key_with_its_schema_description(tmp_path):
+    name = "tiny_assistant_lora"
+    main(["copy-cfg", name, str(tmp_path)])
+    lines = (tmp_path / f"{name}_copy.yaml").read_text(encoding="utf-8").splitlines()
+    keys = [i for i, line in enumerate(lines) if re.match(r"\s*(- )?\w+:", line)]
+    assert len(keys) == len(_schema_keys(Config, resolve_config(name)[0]))  # every key of the resolved config
+    for i in keys:
+        assert lines[i - 1].lstrip().startswith("# "), lines[i]
+    text = "\n".join(lines)
+    for section, key, value in [
+        ("training", "max_steps", "300"),
+        ("data", "system", "null"),
+        ("model", "random_init", "true"),
+    ]:
+        description = Config.model_fields[section].annotation.model_fields[key].description
+        assert f"  # {description}\n  {key}: {value}\n" in text
+
+
+def _schema_keys(model_type, value) -> list[str]:
+    """Every key a config's YAML holds: each field, and the fields of the sections and list items below it."""
+    keys = []
+    for name in model_type.model_fields:
+        keys.append(name)
+        child = getattr(value, name)
+        items = child if isinstance(child, list) else [child]
+        for item in items:
+            if hasattr(type(item), "model_fields"):
+                keys += _schema_keys(type(item), item)
+    return keys
+
+
+def test_copy_cfg_help_explains_its_arguments(capsys):
+    with pytest.raises(SystemExit):
+        main(["copy-cfg", "--help"])
+    out = capsys.readouterr().out
+    assert "the preset to copy (xtune list-cfg)" in out and "NAME_copy.yaml" in out and "overwrite" in out
 
 
 def test_cli_copy_cfg_refuses_to_overwrite_without_force(tmp_path, capsys):

@@ -233,3 +233,23 @@ def test_override_with_invalid_value_is_a_config_error_naming_the_key():
         resolve_config("tiny_assistant_lora", ["training.lrr=1e-4"])
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         resolve_config("tiny_assistant_lora", ["training.lr"])
+
+
+def test_every_key_has_a_description():
+    """copy-cfg writes each key's description as its comment (schema.config_yaml): a key without one would be
+    written bare."""
+    from pydantic import BaseModel
+
+    sections, seen, missing = [Config], set(), []
+    while sections:
+        section = sections.pop()
+        seen.add(section)
+        for name, field in section.model_fields.items():
+            if not field.description:
+                missing.append(f"{section.__name__}.{name}")
+            for member in (field.annotation, *getattr(field.annotation, "__args__", ())):
+                for inner in (member, *getattr(member, "__args__", ())):
+                    if isinstance(inner, type) and issubclass(inner, BaseModel) and inner not in seen:
+                        sections.append(inner)
+    assert not missing
+    assert len(seen) == 9  # Config and its eight sections, list items (DatasetSettings) included

@@ -345,3 +345,19 @@ def test_react_malformed_trajectories_name_the_problem(response, message):
     with pytest.raises(RecordError, match=message) as info:
         get_map_fn("react")({"question": "q", "response": response})
     assert info.value.key == "response"
+
+
+def test_list_dataset_format_prints_each_description_whole_within_the_width(monkeypatch, capsys):
+    from xtune.cli import main
+    from xtune.data.formats import describe
+
+    monkeypatch.setenv("COLUMNS", "60")
+    main(["list-dataset-format"])
+    lines = capsys.readouterr().out.splitlines()
+    starts = [i for i, line in enumerate(lines) if line[:1].strip()]  # a format's name starts its block
+    for name in MAP_FUNCTIONS:
+        start = next(i for i in starts if lines[i].split()[0] == name)
+        block = lines[start : lines.index(next(line for line in lines[start:] if "e.g. " in line), start)]
+        assert all(len(line) <= 60 for line in block), block
+        assert " ".join(" ".join(block).split()[1:]) == describe(name)  # nothing cut
+    assert describe("openai").endswith("render in the template's own tool format.")  # a docstring of two lines

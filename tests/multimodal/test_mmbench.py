@@ -48,10 +48,16 @@ def test_reads_questions_with_images(tsv):
         ("B.", "B"),
         ("(C) green", "C"),
         (" A", "A"),
+        ("Answer: C", "C"),
+        ("The answer is (B).", "B"),
+        ("**D**", "D"),
+        ("[A]", "A"),
+        ("I choose option B because the shape is green", "B"),
         ("blue", "D"),
         ("It is red", "A"),
         ("D", "D"),
-        ("A blue one", "D"),
+        ("The answer is yellow", "C"),  # no option letter: the option's text
+        ("A blue one, I think", "D"),  # a lone "A" in a longer reply is the article: the text decides
     ],
 )
 def test_parse_choice(reply, choice):
@@ -63,6 +69,7 @@ def test_parse_choice_undecidable():
     assert parse_choice("red or blue", options) is None
     assert parse_choice("purple", options) is None
     assert parse_choice("C", options) is None  # not an option of this question
+    assert parse_choice("A or B", options) is None  # two letters, no option text
 
 
 class Oracle:
@@ -83,9 +90,42 @@ def test_accuracy_overall_and_per_category(tsv):
     questions = read_tsv(tsv)
     scores = evaluate(Oracle(questions), questions)
     shape = [q for q in questions if q.category == "shape"]
-    assert scores["colour"] == 1.0
-    assert scores["shape"] == sum(q.answer == "A" for q in shape) / len(shape)
-    assert scores["all"] == pytest.approx((6 + scores["shape"] * 6) / 12)
+    assert scores.accuracy["colour"] == 1.0
+    assert scores.accuracy["shape"] == sum(q.answer == "A" for q in shape) / len(shape)
+    assert scores.accuracy["all"] == pytest.approx((6 + scores.accuracy["shape"] * 6) / 12)
+    assert (scores.questions, scores.unparsed) == (12, 0)
+
+
+class Mumbler:
+    """Replies to every question with text that names no option, except every third, answered with its letter."""
+
+    def __init__(self, questions):
+        self.questions, self.count = iter(questions), 0
+
+    def set_images(self, images):
+        self.current = next(self.questions)
+
+    def ask(self, text):
+        self.count += 1
+        return f"Answer: {self.current.answer}" if self.count % 3 == 0 else "I cannot tell from this picture."
+
+
+def test_unparsed_replies_are_counted_and_reported(tsv, monkeypatch, capsys):
+    from xtune.cli import main
+    from xtune.multimodal import mmbench
+
+    questions = read_tsv(tsv)
+    scores = evaluate(Mumbler(questions), questions)
+    assert (scores.questions, scores.unparsed) == (12, 8)
+    assert scores.accuracy["all"] == pytest.approx(4 / 12)  # the unparsed replies count as wrong
+
+    monkeypatch.setattr(mmbench, "run", lambda model, tsv, max_new_tokens, out: scores)
+    main(["eval-mmbench", "model_dir", str(tsv)])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "accuracy: 33.33%"
+    assert out[-1] == (
+        "unparsed: 8 of 12 replies (66.7%) name no option and count as wrong; --out FILE keeps the replies"
+    )
 
 
 def test_errors_name_the_line(tmp_path):

@@ -174,3 +174,23 @@ def test_auto_template_trains_the_same_spans_as_the_named_template(tiny_tokenize
     found = auto.render(messages, bos=bos, eos=eos)
     assert "".join(s.text for s in found) == "".join(s.text for s in named)
     assert [s.text for s in found if s.trained] == [s.text for s in named if s.trained]
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen2_moe"])
+def test_auto_tells_qwen2_5_from_qwen2_by_the_tokenizer_template(tiny_tokenizer, monkeypatch, model_type):
+    """Qwen2 and Qwen2.5 checkpoints share model_type qwen2; their official templates differ (default system prompt,
+    tool results), so `auto` picks the variant that renders as the tokenizer's own template."""
+    from .official_templates import OFFICIAL
+
+    monkeypatch.setattr(tiny_tokenizer, "chat_template", OFFICIAL["qwen2_5_chat"]["jinja"])
+    assert resolve_template("auto", tiny_tokenizer, model_type) is TEMPLATES["qwen2_5_chat"]
+    monkeypatch.setattr(tiny_tokenizer, "chat_template", OFFICIAL["qwen_chat"]["jinja"])
+    assert resolve_template("auto", tiny_tokenizer, model_type) is TEMPLATES["qwen_chat"]
+    for name in ("qwen_chat", "qwen2_5_chat"):  # a tokenizer xtune exported after training with either
+        monkeypatch.setattr(tiny_tokenizer, "chat_template", TEMPLATES[name].to_jinja())
+        assert resolve_template("auto", tiny_tokenizer, model_type) is TEMPLATES[name]
+    # a qwen2 fine-tune with a format of its own (DeepSeek-R1's distillations): its own template, not Qwen2's
+    monkeypatch.setattr(tiny_tokenizer, "chat_template", OFFICIAL["deepseek"]["jinja"])
+    assert isinstance(resolve_template("auto", tiny_tokenizer, model_type), TokenizerTemplate)
+    monkeypatch.setattr(tiny_tokenizer, "chat_template", None)  # no template to tell by: Qwen2's, as before
+    assert resolve_template("auto", tiny_tokenizer, model_type) is TEMPLATES["qwen_chat"]

@@ -74,6 +74,7 @@ SETUPS: dict[str, Setup] = {
     "internlm_chat": Setup("<s>", "</s>", ("<|System|>", "<|User|>", "<|Bot|>", "<eoh>", "<eoa>")),
     "internlm2_chat": Setup("<s>", "</s>", ("<|im_start|>", "<|im_end|>")),
     "qwen_chat": Setup(None, "<|im_end|>", ("<|im_start|>", "<|endoftext|>")),
+    "qwen2_5_chat": Setup(None, "<|im_end|>", ("<|im_start|>", "<|endoftext|>")),
     "qwen3": Setup(
         None, "<|im_end|>", ("<|im_start|>", "<|endoftext|>", "<think>", "</think>"), {"enable_thinking": False}
     ),
@@ -355,18 +356,50 @@ def test_tool_results_render_as_the_official_template(name):
         assert xtune_text(name, conversation, generation_prompt) == official
 
 
-@pytest.mark.parametrize("with_system", [True, False])
-def test_qwen3_tools_calls_and_results_render_as_the_official_template(with_system):
-    """The # Tools system block, <tool_call> JSON after the reply text, results in <tool_response> user turns."""
-    tokenizer, template = tokenizer_for("qwen3"), TEMPLATES["qwen3"]
-    conversation = TOOL_USE if with_system else TOOL_USE[1:]
-    for messages, generation_prompt in ((conversation, False), (conversation[:-1], True)):
+SECOND_CALL = {"type": "function", "function": {"name": "calculate", "arguments": {"expression": "84 / 2"}}}
+TWO_RESULTS = [  # two calls in one reply, then their two results: one user turn of two <tool_response> blocks
+    SYSTEM,
+    {"role": "user", "content": "What are 12 * 7 and 84 / 2?"},
+    {"role": "assistant", "content": "", "tool_calls": [CALL, SECOND_CALL]},
+    {"role": "tool", "content": "84"},
+    {"role": "tool", "content": "42"},
+    {"role": "assistant", "content": "84 and 42."},
+]
+
+
+@pytest.mark.parametrize("name", ["qwen2_5_chat", "qwen3"])
+@pytest.mark.parametrize("conversation", ["with_system", "without_system", "two_results", "results_only"])
+@pytest.mark.parametrize("with_tools", [True, False])
+def test_qwen_tools_calls_and_results_render_as_the_official_template(name, conversation, with_tools):
+    """The # Tools system block, <tool_call> JSON after the reply text, results as <tool_response> blocks in one
+    user turn: Qwen2.5's and Qwen3's official templates, rendered by jinja, against xtune's."""
+    tokenizer, template, setup = tokenizer_for(name), TEMPLATES[name], SETUPS[name]
+    tools = TOOLS if with_tools else None
+    messages = {
+        "with_system": TOOL_USE,
+        "without_system": TOOL_USE[1:],
+        "two_results": TWO_RESULTS,
+        "results_only": TOOL_RESULTS,
+    }[conversation]
+    for conversation, generation_prompt in ((messages, False), (messages[:-1], True)):
         official = apply(
-            tokenizer, OFFICIAL["qwen3"]["jinja"], messages, generation_prompt, enable_thinking=False, tools=TOOLS
+            tokenizer, OFFICIAL[name]["jinja"], conversation, generation_prompt, tools=tools, **setup.template_kwargs
         )
-        ours = template.render_text(messages, generation_prompt, eos=tokenizer.eos_token, tools=TOOLS)
+        ours = template.render_text(conversation, generation_prompt, eos=tokenizer.eos_token, tools=tools)
         assert ours == official
         assert ids(tokenizer, ours) == ids(tokenizer, official)
+        exported = apply(tokenizer, template.to_jinja(), conversation, generation_prompt, tools=tools)
+        assert exported == ours
+
+
+def test_qwen2_5_differs_from_qwen2_where_the_official_templates_do():
+    """Qwen2.5 checkpoints are model_type qwen2 too, but their official template writes another default system
+    prompt and tool results inside a user turn: qwen_chat (Qwen2's) renders neither as Qwen2.5 does."""
+    qwen2, qwen2_5 = (xtune_text(name, TOOL_RESULTS, False) for name in ("qwen_chat", "qwen2_5_chat"))
+    assert "<|im_start|>tool\n84<|im_end|>" in qwen2 and "<tool_response>" not in qwen2
+    assert "<|im_start|>user\n<tool_response>\n84\n</tool_response><|im_end|>" in qwen2_5
+    assert qwen2_5 == apply(tokenizer_for("qwen2_5_chat"), OFFICIAL["qwen2_5_chat"]["jinja"], TOOL_RESULTS, False)
+    assert qwen2 != qwen2_5
 
 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))

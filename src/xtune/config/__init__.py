@@ -5,10 +5,8 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-import yaml
-
 from xtune.config.presets import PRESETS, get_preset, list_presets
-from xtune.config.schema import Config, ConfigError, apply_override, load_config, validate_config
+from xtune.config.schema import Config, ConfigError, apply_override, config_yaml, load_config, validate_config
 
 __all__ = ["Config", "ConfigError", "resolve_config", "list_presets", "get_preset", "preset_yaml"]
 
@@ -29,5 +27,10 @@ def resolve_config(name_or_path: str, overrides: list[str] = ()) -> tuple[Config
 
 
 def preset_yaml(name: str) -> str:
-    header = f"# xtune config, copied from preset {name}. Edit freely; `xtune train THIS_FILE` runs it.\n"
-    return header + yaml.safe_dump(get_preset(name), sort_keys=False, allow_unicode=True)
+    """A preset as the YAML `xtune copy-cfg` writes: every key, defaults included, each under its description."""
+    cfg = validate_config(get_preset(name), source=f"preset {name}")
+    header = (
+        f"# xtune config, copied from preset {name}, with every key and its default.\n"
+        "# Edit freely; `xtune train THIS_FILE` runs it.\n\n"
+    )
+    return header + config_yaml(cfg)

@@ -21,43 +21,55 @@ class _Section(BaseModel):
 
 
 class LoraSettings(_Section):
-    r: int = Field(64, gt=0)
-    alpha: float = 16.0
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    # "all-linear" is PEFT's shorthand for every Linear layer except the output head.
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    r: int = Field(64, gt=0, description="LoRA rank: the adapter's inner dimension.")
+    alpha: float = Field(16.0, description="LoRA scaling numerator: the update is scaled by alpha / r.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout on the adapter's input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear",
+        description="Module names to adapt; all-linear (PEFT's shorthand): every Linear layer but the output head.",
+    )
 
 
 class VisionSettings(_Section):
     """LLaVA: a vision encoder whose patch features a projector maps into the LLM's embedding space."""
 
     path: str = Field(description="Local CLIP or SigLIP directory (or builtin:tiny-clip).")
-    random_init: bool = False
+    random_init: bool = Field(False, description="Seeded random weights from config.json instead of loading them.")
     feature_layer: int = Field(-2, description="Hidden-state layer the image features come from.")
-    # default: drop the first token (CLIP's CLS); full: keep every token. None: default for CLIP, full for SigLIP.
-    select_strategy: Literal["default", "full"] | None = None
+    select_strategy: Literal["default", "full"] | None = Field(
+        None,
+        description="default: drop the first token (CLIP's CLS); full: keep all; null: default (CLIP), full (SigLIP).",
+    )
     # The Hugging Face LLaVA format, which xtune trains and exports, fixes the projector at Linear-GELU-Linear.
-    projector_depth: Literal[2] = 2
+    projector_depth: Literal[2] = Field(2, description="Projector layers: Linear-GELU-Linear, as Hugging Face LLaVA.")
     projector_path: str | None = Field(None, description="Stage 1's output (or its projector.safetensors).")
     lora: bool = Field(False, description="LoRA on the vision encoder too (stage 2 with method lora/qlora).")
 
 
 class ModelSettings(_Section):
     path: str = Field(description="Local model directory (or a builtin: asset such as builtin:tiny-llama).")
-    # frozen: the LLM is not trained at all (LLaVA stage 1: only the projector trains; needs model.vision).
-    method: Literal["full", "lora", "qlora", "frozen"] = "lora"
-    lora: LoraSettings = LoraSettings()
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    # auto: transformers' choice for the model (SDPA where supported), except that compiled training on CPU
-    # attends in causal chunks (models/attention.py; faster than torch's CPU kernel). All keep packed samples apart.
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
-    gradient_checkpointing: bool = False
-    trust_remote_code: bool = False
+    method: Literal["full", "lora", "qlora", "frozen"] = Field(
+        "lora", description="full | lora | qlora (4-bit base) | frozen (LLaVA stage 1: only the projector trains)."
+    )
+    lora: LoraSettings = Field(LoraSettings(), description="The adapter, for method lora and qlora.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weight dtype; auto: bfloat16 on a GPU that supports it, else float32."
+    )
+    # auto keeps transformers' choice (SDPA where supported) except that compiled training on CPU attends in causal
+    # chunks (models/attention.py), faster than torch's CPU kernel.
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="Attention kernel; every choice keeps packed samples apart."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, slower.")
+    trust_remote_code: bool = Field(
+        False, description="Run the checkpoint's own Python code (only for models you trust)."
+    )
     add_special_tokens: list[str] = Field(
         [], description="New special tokens (e.g. <image>, tool markers); embeddings grow and are trained and saved."
     )
-    # Build the weights from config.json with a seeded random init instead of loading them (tiny demos, tests).
-    random_init: bool = False
+    random_init: bool = Field(
+        False, description="Seeded random weights from config.json instead of loading them (tiny demos, tests)."
+    )
     vision: VisionSettings | None = Field(None, description="Makes the model a LLaVA (xtune.multimodal).")
 
     @model_validator(mode="after")
@@ -68,7 +80,7 @@ class ModelSettings(_Section):
 
 
 class DatasetSettings(_Section):
-    path: str
+    path: str = Field(description="A .json, .jsonl, .parquet or .csv file, or a directory saved with datasets.")
     format: str = Field("alpaca", description="A map function name (xtune list-dataset-format) or module:fn.")
     system: str | None = Field(None, description="System prompt for this dataset's samples that have none.")
     max_dataset_length: int | None = Field(None, gt=0, description="Use at most this many samples (seeded).")
@@ -84,12 +96,14 @@ class DatasetSettings(_Section):
 
 
 class DataSettings(_Section):
-    datasets: list[DatasetSettings] = Field(min_length=1)
+    datasets: list[DatasetSettings] = Field(min_length=1, description="One or more datasets, mixed.")
     template: str = Field("auto", description="A template name; auto: the model family's, else the tokenizer's.")
     system: str | None = Field(None, description="System prompt added to every sample that has none.")
-    max_length: int = Field(2048, gt=1)
-    pack_to_max_length: bool = False
-    shuffle: bool = True
+    max_length: int = Field(
+        2048, gt=1, description="Tokens per sample (or per packed row); longer samples are truncated."
+    )
+    pack_to_max_length: bool = Field(False, description="Pack samples into rows of max_length (attention kept apart).")
+    shuffle: bool = Field(True, description="Shuffle samples each epoch (seeded).")
     group_by_length: bool = Field(False, description="Unpacked: batch samples of similar length (less padding).")
     cache: bool = Field(True, description="Cache tokenized datasets on disk, keyed by content and settings.")
     # One process by default: the fast tokenizer already encodes a batch on every core (measured on 2 cores: 804k
@@ -101,24 +115,29 @@ class DataSettings(_Section):
 
 
 class TrainingSettings(_Section):
-    epochs: int | None = Field(3, gt=0)
+    epochs: int | None = Field(3, gt=0, description="Passes over the data (unless max_steps is set).")
     max_steps: int | None = Field(None, gt=0, description="Optimizer steps; overrides epochs when set.")
-    batch_size: int = Field(1, gt=0)
-    gradient_accumulation: int = Field(16, gt=0)
-    lr: float = Field(2e-4, gt=0)
-    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    seed: int = 0
-    mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 where the hardware runs it fast
-    # With several processes (torchrun, --nproc-per-node): DDP replicates the model, FSDP2 shards it per layer,
-    # DeepSpeed partitions it as its ZeRO config says (also on one process, to offload to CPU memory).
-    engine: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
+    batch_size: int = Field(1, gt=0, description="Samples (or packed rows) per step and process.")
+    gradient_accumulation: int = Field(16, gt=0, description="Batches per optimizer step.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW).")
+    lr_schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="How the learning rate decays after the warmup."
+    )
+    warmup_ratio: float = Field(0.03, ge=0.0, le=1.0, description="Share of the steps spent warming up linearly.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this; null: no clipping.")
+    seed: int = Field(0, description="Random seed: data order, initialisation, dropout.")
+    mixed_precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast where the hardware runs it fast, else fp32."
+    )
+    engine: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp",
+        description="Several processes: ddp replicates the model, fsdp shards it per layer, deepspeed as configured.",
+    )
     deepspeed: str | None = Field(
         None, description=f"With engine deepspeed: {', '.join(DEEPSPEED_PRESETS)}, or a DeepSpeed JSON file."
     )
-    log_every: int = Field(10, gt=0)
+    log_every: int = Field(10, gt=0, description="Log loss and speed every N steps.")
     compile: bool = Field(
         False, description="torch.compile the decoder layers and the loss: faster steps after a one-time compile."
     )
@@ -143,32 +162,31 @@ class TrainingSettings(_Section):
 
 
 class SavingSettings(_Section):
-    save_steps: int = Field(500, gt=0)
-    save_total_limit: int = Field(2, gt=0)
+    save_steps: int = Field(500, gt=0, description="Write a checkpoint every N optimizer steps.")
+    save_total_limit: int = Field(2, gt=0, description="Keep this many newest checkpoints.")
 
 
 class EvaluationSettings(_Section):
-    inputs: list[str] = []
-    freq: int = Field(500, gt=0)
-    system: str | None = None
-    max_new_tokens: int = Field(64, gt=0)
-    # Tools the model may call while answering `inputs` here and in `xtune chat` (built-in names, or your own as
-    # 'my_tools.py:my_function'); `search_docs` is the folder the search tool reads.
-    tools: list[str] = []
-    search_docs: str | None = None
-    # seconds one solve call may take, sympy and its fallbacks together: a turn waits for each tool call
-    solve_time_limit: float = Field(2.0, gt=0)
-    # false: the prompt does not list the tools, for a model fine-tuned on data that did not list them either
-    # (a fixed tool set it has learned; the list costs hundreds of tokens per sample)
-    list_tools: bool = True
+    inputs: list[str] = Field([], description="Prompts answered during training (eval_outputs_step_N.txt).")
+    freq: int = Field(500, gt=0, description="Answer the inputs every N steps.")
+    system: str | None = Field(None, description="System prompt for the inputs.")
+    max_new_tokens: int = Field(64, gt=0, description="Longest answer to an input, in tokens.")
+    tools: list[str] = Field(
+        [], description="Tools the model may call here and in xtune chat: built-in names or my_tools.py:my_function."
+    )
+    search_docs: str | None = Field(None, description="The folder of .txt and .md files the search tool reads.")
+    # a turn waits for each tool call, so one slow sympy call must not hold it
+    solve_time_limit: float = Field(2.0, gt=0, description="Seconds one solve call may take, fallbacks included.")
+    # the list costs hundreds of tokens per sample; a model fine-tuned on a fixed tool set can do without it
+    list_tools: bool = Field(True, description="List the tools in the prompt; false for a model trained without it.")
 
 
 class Config(_Section):
-    model: ModelSettings
-    data: DataSettings
-    training: TrainingSettings = TrainingSettings()
-    saving: SavingSettings = SavingSettings()
-    evaluation: EvaluationSettings = EvaluationSettings()
+    model: ModelSettings = Field(description="The model to fine-tune, and how.")
+    data: DataSettings = Field(description="What to train on, and how samples become tokens.")
+    training: TrainingSettings = Field(TrainingSettings(), description="The optimisation.")
+    saving: SavingSettings = Field(SavingSettings(), description="Checkpoints in the work dir.")
+    evaluation: EvaluationSettings = Field(EvaluationSettings(), description="Prompts answered while training.")
     work_dir: str | None = Field(None, description="Defaults to work_dirs/<config name>.")
 
     @model_validator(mode="after")
@@ -176,6 +194,36 @@ class Config(_Section):
         if self.model.vision is not None and self.data.pack_to_max_length:
             raise ValueError("data.pack_to_max_length is not supported with model.vision; use group_by_length")
         return self
+
+
+def config_yaml(section: BaseModel, indent: int = 0) -> str:
+    """A config (or one section) as YAML in the schema's order, every key resolved and under a comment that is its
+    schema description, so the comments never drift from the schema. load_config reads it back to the same config."""
+    pad, lines = " " * indent, []
+    for name, field in type(section).model_fields.items():
+        value = getattr(section, name)
+        if indent == 0 and lines:
+            lines.append("")  # a blank line between top-level sections
+        if field.description:
+            lines.append(f"{pad}# {field.description}")
+        if isinstance(value, BaseModel):
+            lines += [f"{pad}{name}:", config_yaml(value, indent + 2).rstrip("\n")]
+        elif isinstance(value, list) and value and all(isinstance(item, BaseModel) for item in value):
+            lines.append(f"{pad}{name}:")
+            for item in value:
+                item_lines = config_yaml(item, indent + 4).rstrip("\n").split("\n")
+                first = next(i for i, line in enumerate(item_lines) if not line.lstrip().startswith("#"))
+                item_lines[first] = f"{pad}  - {item_lines[first].lstrip()}"  # the dash opens the item's first key
+                lines += item_lines
+        else:
+            lines.append(f"{pad}{name}: {_yaml_scalar(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_scalar(value: Any) -> str:
+    """A value on one line as YAML writes it (quoted where it must be); lists of scalars in flow style."""
+    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=float("inf"))
+    return text.rstrip("\n").removesuffix("\n...")  # a bare scalar is dumped as a document with an end marker
 
 
 class _Loader(yaml.SafeLoader):

@@ -281,6 +281,11 @@ EXAMPLES: dict[str, dict] = {
 }
 
 
+def describe(name: str) -> str:
+    """A built-in format's whole description (its map function's docstring) as one paragraph."""
+    return " ".join((MAP_FUNCTIONS[name].__doc__ or "").split())
+
+
 def get_map_fn(name: str, base_dir: Path | None = None) -> MapFn:
     """A built-in name, `package.module:function`, or `path/to/file.py:function`."""
     if name in MAP_FUNCTIONS:

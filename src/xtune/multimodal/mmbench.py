@@ -8,7 +8,6 @@ import base64
 import binascii
 import csv
 import io
-import re
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -77,23 +76,45 @@ def prompt(question: Question) -> str:
     return f"{context}{question.question}\n{options}\n{INSTRUCTION}"
 
 
+# MMBench's evaluation (VLMEvalKit's can_infer_option) reads a letter as a word of its own once these marks are
+# spaces, so "A", "A.", "(A)", "Answer: A", "**A**" and "The answer is A" all name option A.
+_LETTER_MARKS = str.maketrans({c: " " for c in ".()[],:;!*#{}"})
+
+
 def parse_choice(reply: str, options: dict[str, str]) -> str | None:
-    """The option a reply picks: a leading letter ("B", "B.", "(B) ...", but not the article of "A red ..."),
-    else the one option whose text it contains."""
-    match = re.match(r"\s*\(?([A-D])(?:[.):]|\s*$)", reply)
-    if match and match.group(1) in options:
-        return match.group(1)
+    """The option a reply picks, as MMBench's own evaluation (VLMEvalKit) extracts it without an LLM judge: the one
+    option letter standing as a word in the reply; failing that, the one option whose text the reply contains.
+    None when neither finds exactly one option."""
+    words = reply.translate(_LETTER_MARKS).split()
+    letters = [letter for letter in options if letter in words]
+    # VLMEvalKit's guard: in a reply of more than three words an "A" may be the article ("A red circle, I think"),
+    # so the letter is not trusted and the option texts decide
+    if len(letters) == 1 and not ("A" in words and len(words) > 3):
+        return letters[0]
     named = [letter for letter, text in options.items() if text.strip().lower() in reply.lower()]
     return named[0] if len(named) == 1 else None
 
 
-def evaluate(session, questions: list[Question], on_result=None) -> dict:
-    """Accuracy over questions with answers, overall and per category; `session` is an ImageChatSession."""
+@dataclass
+class Scores:
+    """Accuracy over the questions with answers ("all" and per category), and how many replies (of all questions)
+    named no option: those count as wrong, so a high count means the score says more about the reply format than
+    about the model."""
+
+    accuracy: dict[str, float]
+    questions: int
+    unparsed: int
+
+
+def evaluate(session, questions: list[Question], on_result=None) -> Scores:
+    """Ask every question; `session` is an ImageChatSession."""
     right, total = Counter(), Counter()
+    unparsed = 0
     for question in questions:
         session.set_images([question.image])
         reply = session.ask(prompt(question))
         choice = parse_choice(reply, question.options)
+        unparsed += choice is None
         if on_result is not None:
             on_result(question, reply, choice)
         if question.answer is None:
@@ -103,12 +124,12 @@ def evaluate(session, questions: list[Question], on_result=None) -> dict:
             right[key] += choice == question.answer
             if key == "all" and not question.category:
                 break
-    return {key: right[key] / total[key] for key in total}
+    return Scores({key: right[key] / total[key] for key in total}, len(questions), unparsed)
 
 
-def run(model_path: str, tsv: str, max_new_tokens: int = 16, out: str | None = None) -> dict:
-    """`xtune eval-mmbench`: load the model, answer every question greedily, print and return accuracies;
-    with `out`, one JSON line per question (reply and choice)."""
+def run(model_path: str, tsv: str, max_new_tokens: int = 16, out: str | None = None) -> Scores:
+    """`xtune eval-mmbench`: load the model, answer every question greedily and score the answers; with `out`, one
+    JSON line per question (reply and choice)."""
     import json
 
     import yaml

@@ -6,6 +6,7 @@ words) and export (the same template written as a jinja `chat_template` for the 
 
 from __future__ import annotations
 
+from jinja2.exceptions import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from xtune.templates.catalog import TEMPLATES, get_template
@@ -35,6 +36,18 @@ FAMILY_TEMPLATES = {
     "minicpm": "minicpm",
 }
 
+# Generations that share a model_type but not a chat format: Qwen2 and Qwen2.5 checkpoints both say qwen2. `auto`
+# takes the one whose text matches the tokenizer's own chat_template (first: the default without one).
+FAMILY_VARIANTS = {"qwen_chat": ("qwen_chat", "qwen2_5_chat")}
+
+# A conversation on which the variants differ: the default system prompt and the tool result.
+_VARIANT_PROBE = [
+    {"role": "user", "content": "What is 6 * 7?"},
+    {"role": "assistant", "content": "Let me calculate."},
+    {"role": "tool", "content": "42"},
+    {"role": "assistant", "content": "42."},
+]
+
 __all__ = [
     "TEMPLATES",
     "ChatTemplate",
@@ -60,7 +73,7 @@ def resolve_template(
     if model_type == "llama" and "<|eot_id|>" in tokenizer.get_vocab():
         family = "llama3_chat"
     if family in TEMPLATES:
-        return TEMPLATES[family]
+        return _family_variant(family, tokenizer)
     if getattr(tokenizer, "chat_template", None):
         return TokenizerTemplate(tokenizer)
     return TEMPLATES["default"]
@@ -71,3 +84,21 @@ def config_template(cfg, tokenizer: PreTrainedTokenizerBase) -> ChatTemplate | T
     from xtune.models.load import checkpoint_model_type
 
     return resolve_template(cfg.data.template, tokenizer, checkpoint_model_type(cfg.model.path))
+
+
+def _family_variant(family: str, tokenizer: PreTrainedTokenizerBase) -> ChatTemplate | TokenizerTemplate:
+    """The family's template; where one model_type covers several formats, the variant that renders a probe
+    conversation exactly as the tokenizer's own chat_template, or that template itself when none does (a fine-tune
+    with a format of its own, such as a DeepSeek-R1 distillation of Qwen2.5)."""
+    variants = FAMILY_VARIANTS.get(family, (family,))
+    if len(variants) == 1 or not getattr(tokenizer, "chat_template", None):
+        return TEMPLATES[variants[0]]
+    try:
+        own = TokenizerTemplate(tokenizer).render_text(_VARIANT_PROBE)
+    except TemplateError:  # a template that refuses tool results is none of the variants
+        return TokenizerTemplate(tokenizer)
+    bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
+    for name in variants:
+        if TEMPLATES[name].render_text(_VARIANT_PROBE, bos=bos, eos=eos) == own:
+            return TEMPLATES[name]
+    return TokenizerTemplate(tokenizer)

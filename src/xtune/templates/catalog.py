@@ -14,6 +14,14 @@ import difflib
 from xtune.errors import ConfigError
 from xtune.templates.chat import ChatTemplate
 
+# Qwen2.5 and Qwen3 write tool results as <tool_response> blocks in one user turn, however many results there are.
+_QWEN_TOOL_RESULTS = dict(
+    tool_style="qwen",
+    tool="\n<tool_response>\n{content}\n</tool_response>",
+    tool_open="<|im_start|>user",
+    tool_close="<|im_end|>\n",
+)
+
 _CHATML = dict(
     system="<|im_start|>system\n{content}<|im_end|>\n",
     user="<|im_start|>user\n{content}<|im_end|>\n",
@@ -85,12 +93,22 @@ TEMPLATES: dict[str, ChatTemplate] = {
             **_CHATML,
         ),
         # --- Qwen -------------------------------------------------------------------------------------------------
-        # Qwen/Qwen2-1.5B-Instruct (also Qwen1.5) tokenizer_config.json chat_template.
+        # Qwen/Qwen2-1.5B-Instruct (also Qwen1.5) tokenizer_config.json chat_template. Qwen2.5 shares the model_type
+        # (qwen2) but not the template: `auto` tells them apart by the tokenizer's own template (templates/__init__.py).
         ChatTemplate(
             name="qwen_chat",
             default_system="You are a helpful assistant.",
             tool_style="qwen",  # Qwen2 has no tool format of its own; Qwen2.5's, which Qwen2-based models learn
             tool="<|im_start|>tool\n{content}<|im_end|>\n",  # the official template renders any role this way
+            **{**_CHATML, "stop_words": ("<|im_end|>", "<|endoftext|>")},
+        ),
+        # Qwen/Qwen2.5-*-Instruct tokenizer_config.json chat_template: its own default system prompt, the # Tools
+        # block and <tool_call> JSON, and tool results in a user turn. Tool call arguments given as a JSON string are
+        # written as they are (the official template would quote the string once more).
+        ChatTemplate(
+            name="qwen2_5_chat",
+            default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+            **_QWEN_TOOL_RESULTS,
             **{**_CHATML, "stop_words": ("<|im_end|>", "<|endoftext|>")},
         ),
         # Qwen/Qwen3-* (hybrid thinking) with thinking off. The official template gives the final reply, and the
@@ -105,8 +123,7 @@ TEMPLATES: dict[str, ChatTemplate] = {
                 "assistant_prefix": "<|im_start|>assistant\n<think>\n\n</think>\n\n",
                 "history_assistant_prefix": "<|im_start|>assistant\n",
                 "stop_words": ("<|im_end|>", "<|endoftext|>"),
-                "tool_style": "qwen",
-                "tool": "<|im_start|>user\n<tool_response>\n{content}\n</tool_response><|im_end|>\n",
+                **_QWEN_TOOL_RESULTS,
             },
         ),
         # --- Llama, Mistral ---------------------------------------------------------------------------------------

@@ -58,6 +58,10 @@ class ChatTemplate:
     # A tool result message ({"role": "tool"}) in the model's own format; never trained. Unused by "react", whose
     # results are "Observation:" lines inside the assistant's turn.
     tool: str | None = None
+    # Consecutive tool results share one turn, opened before the first and closed after the last (Qwen2.5 and Qwen3:
+    # one user turn of <tool_response> blocks).
+    tool_open: str = ""
+    tool_close: str = ""
     # The tool list as a message of its own after the system prompt (InternLM2); None: inside the system prompt.
     tools_message: str | None = None
     # Text the model writes itself between the header and its reply: the space in "[/INST] Hi" (Llama 2, Mistral)
@@ -133,7 +137,10 @@ class ChatTemplate:
             elif role == "tool" and react:
                 segments.append(Segment(f"Observation: {content}\n", False))
             elif role == "tool" and self.tool is not None:
-                segments.append(Segment(fill(self.tool, content), False))
+                first = index == 0 or messages[index - 1]["role"] != "tool"
+                last = index == len(messages) - 1 or messages[index + 1]["role"] != "tool"
+                text = fill(self.tool_open) * first + fill(self.tool, content) + fill(self.tool_close) * last
+                segments.append(Segment(text, False))
             else:
                 raise ValueError(f"template {self.name!r} has no rendering for role {role!r}")
         if pending_system:
@@ -216,7 +223,14 @@ class ChatTemplate:
         if react:
             out.append("{% elif message['role'] == 'tool' %}{{ 'Observation: ' + " + content + " + '\\n' }}")
         elif self.tool is not None:
-            out.append("{% elif message['role'] == 'tool' %}" + raise_if_pending + _jinja(self.tool, content))
+            tool_open = _jinja(self.tool_open)
+            if tool_open:
+                tool_open = "{% if loop.first or loop.previtem['role'] != 'tool' %}" + tool_open + "{% endif %}"
+            tool_close = _jinja(self.tool_close)
+            if tool_close:
+                tool_close = "{% if loop.last or loop.nextitem['role'] != 'tool' %}" + tool_close + "{% endif %}"
+            tool = tool_open + _jinja(self.tool, content) + tool_close
+            out.append("{% elif message['role'] == 'tool' %}" + raise_if_pending + tool)
         out.append("{% endif %}{% endfor %}")
         if self.merge_system:
             out.append(raise_if_pending)
