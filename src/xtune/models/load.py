@@ -230,8 +230,8 @@ _INPUT_CAST_NOTICE = _DropInputCastNotice()
 def inference_dtype(bits: int | None, device: torch.device) -> torch.dtype:
     """The dtype of an inference model's unquantised parts, which is also what its layers compute in. LLM.int8
     multiplies in float16, so a GPU 8-bit model computes in float16 throughout and nothing is cast per layer. On
-    CPU, float32 for all: float16 elsewhere in the model made a tiny 8-bit model's answer 3x slower (1.5 s against
-    0.5 s for 64 tokens, and bfloat16 3.0 s) on the project's CPU, which has no float16 arithmetic."""
+    CPU, float32 for all: in one measurement on the project's CPU (no float16 arithmetic), float16 elsewhere in the
+    tiny demo model made a short 8-bit answer 3x slower (1.5 s against 0.5 s; bfloat16 3.0 s)."""
     if bits == 8 and device.type == "cuda":
         return torch.float16
     return resolve_dtype("auto", device)
