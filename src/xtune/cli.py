@@ -157,16 +157,19 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     if args.fsdp and args.deepspeed:
         raise XtuneError("--fsdp and --deepspeed choose different engines; pass one of them")
+    # The flag's own mistakes, named as the flag: as a config override, they would be blamed on the config file.
+    choice = _deepspeed_flag(args.deepspeed) if args.deepspeed else None
     if (args.nproc_per_node > 1 or args.nnodes > 1) and "WORLD_SIZE" not in os.environ:
         _relaunch_under_torchrun(args)
     overrides = [*(args.set or []), *(["training.engine=fsdp"] if args.fsdp else [])]
-    if args.deepspeed:
-        choice = args.deepspeed
-        if choice.endswith(".json"):  # the recorded config must find it from any directory
-            choice = str(Path(choice).resolve())
+    if choice:
         # JSON quoting: the override value is parsed as YAML, and a path may hold ':' or '#'
         overrides += ["training.engine=deepspeed", f"training.deepspeed={json.dumps(choice)}"]
     cfg, name = resolve_config(args.config, overrides)
+    if cfg.training.engine == "deepspeed" and not choice:
+        from xtune.train.deepspeed_engine import check_installed
+
+        check_installed("training.engine deepspeed")
     work_dir = Path(args.work_dir or cfg.work_dir or Path("work_dirs") / name)
     source = "--work-dir" if args.work_dir else "work_dir" if cfg.work_dir else "the work dir"
     _check_directory(work_dir, source, "choose another directory with --work-dir DIR")
@@ -179,6 +182,23 @@ def cmd_train(args: argparse.Namespace) -> None:
     shutdown()
     if is_main:
         print(f"done: {out}")
+
+
+def _deepspeed_flag(value: str) -> str:
+    """--deepspeed's value as training.deepspeed records it, once DeepSpeed is known to be installed: that is
+    checked before any work (tokenizing, writing the base model), not when the engine starts."""
+    from xtune.config.schema import DEEPSPEED_CHOICES, deepspeed_choice
+    from xtune.train.deepspeed_engine import check_installed
+
+    choice = deepspeed_choice(value)
+    if choice is None:
+        raise XtuneError(f"--deepspeed {value}: choose {DEEPSPEED_CHOICES}")
+    if choice.endswith(".json"):
+        if not Path(choice).is_file():
+            raise XtuneError(f"--deepspeed {value}: no such file; name a DeepSpeed JSON file or a built-in config")
+        choice = str(Path(choice).resolve())  # the recorded config must find it from any directory
+    check_installed("--deepspeed")
+    return choice
 
 
 def _check_directory(directory: Path, source: str, fix: str) -> None:
@@ -391,12 +411,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.set_defaults(func=cmd_convert_merge)
 
     # before or after the command: `xtune --debug train ...` and `xtune train ... --debug`
-    debug_help = "print the full traceback of an error"
-    parser.add_argument("--debug", action="store_true", help=debug_help)
-    # dict.fromkeys: an alias maps to its verb's parser, which takes the flag once
-    for command in dict.fromkeys([*sub.choices.values(), *convert.choices.values()]):
-        # SUPPRESS: a command that was not given --debug leaves the value the main parser set
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
+    global_flags = {
+        "--debug": "print the full traceback of an error",
+        "--verbose": "also show the libraries' progress bars, log messages and warnings (hidden by default)",
+    }
+    for flag, help_text in global_flags.items():
+        parser.add_argument(flag, action="store_true", help=help_text)
+        # dict.fromkeys: an alias maps to its verb's parser, which takes the flag once
+        for command in dict.fromkeys([*sub.choices.values(), *convert.choices.values()]):
+            # SUPPRESS: a command that was not given the flag leaves the value the main parser set
+            command.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
     return parser
 
 
@@ -424,6 +448,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"xtune: error: {e}", file=sys.stderr)
         sys.exit(2)
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        from xtune.quiet import quiet_libraries
+
+        quiet_libraries()
     if args.command in ("train", "chat", "convert"):  # the commands that load and save models
         _prefer_deepspeed_cpu_accelerator()
     try:

@@ -26,6 +26,11 @@ class DiskFullError(XtuneError):
     pass
 
 
+def user_cache_dir() -> Path:
+    """Where xtune keeps what it can rebuild (tokenized data, chat history): $XTUNE_CACHE or ~/.cache/xtune."""
+    return Path(os.environ.get("XTUNE_CACHE") or Path.home() / ".cache" / "xtune")
+
+
 def write_atomically(final: Path, write: Callable[[Path], object], needed_bytes: int | None = None) -> Path:
     """Let `write` fill a temporary directory next to `final`, then flush and rename it into place. `needed_bytes`,
     when known, is what a full disk's error says the write needs."""

@@ -3,7 +3,9 @@ code tools that DIR's own config names are offered, not imported, unless the use
 
 from __future__ import annotations
 
+import io
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,34 @@ def test_chat_says_what_the_search_index_holds_and_left_out(model_dir, tmp_path,
     [session] = sessions
     result = session.tools.call("search", {"query": "LoRA hunter2"})
     assert result.ok and result.text.startswith("[1] lora.md\n") and "hunter2" not in result.text
+
+
+def test_a_template_other_than_the_trained_one_is_warned(model_dir, tmp_path, capsys):
+    directory = trained_dir(model_dir, tmp_path, {})  # trained with qwen_chat
+    chat(directory, "--template", "internlm2_chat")
+    assert [line for line in capsys.readouterr().err.splitlines() if "warning" in line] == [
+        f"xtune: warning: --template internlm2_chat differs from qwen_chat, the template "
+        f"{directory / 'xtune_config.yaml'} records for training; answers may be off"
+    ]
+    chat(directory, "--template", "qwen_chat")
+    assert "warning" not in capsys.readouterr().err
+
+
+class TerminalInput(io.StringIO):
+    """Typed lines, as from a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stdin_class, keeps_history", [(TerminalInput, True), (io.StringIO, False)])
+def test_interactive_chat_edits_lines_and_keeps_history_at_a_terminal(
+    model_dir, tmp_path, monkeypatch, stdin_class, keeps_history
+):
+    monkeypatch.setenv("XTUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(sys, "stdin", stdin_class("EXIT\n"))
+    monkeypatch.delitem(sys.modules, "readline", raising=False)
+    main(["chat", str(model_dir), "--greedy"])
+    # input() edits lines (arrow keys, history) once readline is imported; its history outlives the chat
+    assert ("readline" in sys.modules) == keeps_history
+    assert (tmp_path / "cache" / "chat_history").is_file() == keeps_history

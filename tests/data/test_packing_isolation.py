@@ -52,7 +52,7 @@ def hidden_logits(model, batch):
 def test_packed_logits_and_loss_equal_samples_run_alone(variant):
     model = tiny_llama("eager" if variant == "eager" else "sdpa")
     if variant == "gradient_checkpointing":
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.train()  # checkpointing is active in training mode only; no dropout in this config
     if variant == "lora":
         model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -20,6 +22,7 @@ from xtune.chat.tools import (
     is_user_tool,
 )
 from xtune.errors import XtuneError
+from xtune.io import user_cache_dir
 from xtune.templates import resolve_template
 from xtune.templates.tool_calls import ToolCall
 from xtune.train.recipe import CONFIG_FILE
@@ -53,7 +56,14 @@ def run_chat(args: argparse.Namespace) -> None:
 
     model, tokenizer, source = load_llava_for_inference(args.model, args.adapter, args.bits, args.trust_remote_code)
     trained = yaml.safe_load((source / CONFIG_FILE).read_text()) if (source / CONFIG_FILE).exists() else {}
-    template_name = args.template or trained.get("data", {}).get("template")
+    recorded = (trained.get("data") or {}).get("template")
+    if args.template and recorded and args.template != recorded:
+        print(
+            f"xtune: warning: --template {args.template} differs from {recorded}, the template {source / CONFIG_FILE} "
+            "records for training; answers may be off",
+            file=sys.stderr,
+        )
+    template_name = args.template or recorded
     template = resolve_template(template_name, tokenizer) if template_name else None
     system = args.system
     if system is None:
@@ -110,17 +120,46 @@ def run_chat(args: argparse.Namespace) -> None:
             ask(prompt)
         return
     print(HELP, file=sys.stderr)
-    while True:
-        try:
-            prompt = input("\n>>> ")
-        except EOFError:
-            return
-        command = prompt.strip().upper()
-        if command == "EXIT":
-            return
-        if command == "RESET":
-            session.reset()
-            print("(history cleared)", file=sys.stderr)
-            continue
-        if prompt.strip():
-            ask(prompt)
+    with line_editing(sys.stdin.isatty()):
+        while True:
+            try:
+                prompt = input("\n>>> ")
+            except EOFError:
+                return
+            command = prompt.strip().upper()
+            if command == "EXIT":
+                return
+            if command == "RESET":
+                session.reset()
+                print("(history cleared)", file=sys.stderr)
+                continue
+            if prompt.strip():
+                ask(prompt)
+
+
+def history_file() -> Path:
+    return user_cache_dir() / "chat_history"
+
+
+@contextlib.contextmanager
+def line_editing(terminal: bool) -> Iterator[None]:
+    """Arrow keys, editing and earlier prompts (up arrow, also from earlier chats) at the `>>>` prompt: input()
+    edits lines only once the readline module is imported. Only at a terminal: piped prompts keep no history. Where
+    Python has no readline (Windows), input() stays as it is."""
+    readline = None
+    if terminal:
+        with contextlib.suppress(ImportError):
+            import readline
+    if readline is None:
+        yield
+        return
+    path = history_file()
+    with contextlib.suppress(OSError):  # none yet, or unreadable: start with an empty history
+        readline.read_history_file(path)
+    readline.set_history_length(1000)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # a read-only cache costs the history, not the chat
+            path.parent.mkdir(parents=True, exist_ok=True)
+            readline.write_history_file(path)

@@ -14,6 +14,16 @@ from xtune.errors import ConfigError
 
 # Built-in DeepSpeed configs (src/xtune/config/deepspeed/<name>.json), from least to most memory saved.
 DEEPSPEED_PRESETS = ("zero1", "zero2", "zero2_offload", "zero3", "zero3_offload")
+DEEPSPEED_CHOICES = f"{', '.join(DEEPSPEED_PRESETS)} (or XTuner's deepspeed_zero2 and the like), or a .json file"
+
+
+def deepspeed_choice(name: str) -> str | None:
+    """A built-in DeepSpeed config's name, XTuner's spelling (`deepspeed_zero2`) included, or a JSON file's path, as
+    training.deepspeed records it; None for anything else."""
+    if name.endswith(".json"):
+        return name
+    name = name.removeprefix("deepspeed_")
+    return name if name in DEEPSPEED_PRESETS else None
 
 
 class _Section(BaseModel):
@@ -150,14 +160,17 @@ class TrainingSettings(_Section):
 
     @model_validator(mode="after")
     def _deepspeed_config(self) -> TrainingSettings:
-        choices = f"{', '.join(DEEPSPEED_PRESETS)} or a path to a .json file"
         if self.engine == "deepspeed" and self.deepspeed is None:
-            raise ValueError(f"training.engine deepspeed needs training.deepspeed: {choices}")
+            raise ValueError(f"training.engine deepspeed needs training.deepspeed: {DEEPSPEED_CHOICES}")
         if self.deepspeed is not None and self.engine != "deepspeed":
             raise ValueError(f"training.deepspeed is set but training.engine is {self.engine!r}; set engine: deepspeed")
-        named = self.deepspeed in DEEPSPEED_PRESETS or str(self.deepspeed).endswith(".json")
-        if self.deepspeed is not None and not named:
-            raise ValueError(f"training.deepspeed {self.deepspeed!r}: choose {choices}")
+        if self.deepspeed is not None:
+            choice = deepspeed_choice(self.deepspeed)
+            if choice is None:
+                raise ValueError(f"training.deepspeed {self.deepspeed!r}: choose {DEEPSPEED_CHOICES}")
+            if choice != self.deepspeed:  # XTuner's name: record the built-in one
+                # bypass validate_assignment, which would run this validator again from inside itself
+                self.__dict__["deepspeed"] = choice
         return self
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 import random
 import uuid
 from collections import Counter
@@ -24,7 +23,7 @@ from xtune.data.formats import MapFn, RecordError, get_map_fn
 from xtune.data.loading import load_records, record_locator
 from xtune.data.packing import Row, fill_ratio, pack, single_rows
 from xtune.errors import DataError
-from xtune.io import write_atomically, write_text_atomically
+from xtune.io import user_cache_dir, write_atomically, write_text_atomically
 from xtune.templates import ChatTemplate, TokenizerTemplate, resolve_template
 
 Template = ChatTemplate | TokenizerTemplate
@@ -332,7 +331,7 @@ def repeat_samples(samples: list, factor: float, rng: random.Random) -> list:
 
 
 def cache_root(data: DataSettings) -> Path:
-    return Path(data.cache_dir or os.environ.get("XTUNE_CACHE") or Path.home() / ".cache" / "xtune") / "tokenized"
+    return (Path(data.cache_dir) if data.cache_dir else user_cache_dir()) / "tokenized"
 
 
 def _cache_path(

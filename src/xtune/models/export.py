@@ -12,7 +12,7 @@ import yaml
 from xtune.errors import ConfigError
 from xtune.io import write_atomically
 from xtune.models.internlm2 import is_internlm2, read_config, save_as_internlm2
-from xtune.models.load import load_for_inference, load_tokenizer, resolve_model_dir
+from xtune.models.load import ARGUMENT_USE, load_for_inference, load_tokenizer, resolve_model_dir
 
 CONFIG_FILE = "xtune_config.yaml"
 
@@ -27,7 +27,7 @@ def merge_adapter(
 ) -> Path:
     """Fold the adapter's low-rank updates into the base weights; `transformers` alone then loads OUT.
     `save_format="original"` writes InternLM2 bases back in their own layout (for LMDeploy and friends)."""
-    base_dir = resolve_model_dir(base)
+    base_dir = resolve_model_dir(base, ARGUMENT_USE)
     original = read_config(base_dir) if save_format == "original" else None
     if original is not None and not is_internlm2(original):
         raise ConfigError(
@@ -37,7 +37,7 @@ def merge_adapter(
     from xtune.multimodal.model import PROCESSOR_FILES, load_projector
     from xtune.multimodal.train import is_projector_dir
 
-    adapter_dir = resolve_model_dir(adapter)
+    adapter_dir = resolve_model_dir(adapter, ARGUMENT_USE)
     if is_projector_dir(adapter_dir):  # LLaVA stage 1: a trained projector for the base, no adapter
         merged, _, _ = load_for_inference(base, trust_remote_code=trust_remote_code, device=torch.device("cpu"))
         load_projector(merged, adapter_dir)

@@ -12,7 +12,7 @@ from transformers import AutoProcessor, PreTrainedTokenizerBase
 from xtune.chat.generate import GenerationSettings
 from xtune.chat.session import ChatSession
 from xtune.errors import ConfigError
-from xtune.models.load import load_for_inference, load_tokenizer, resolve_model_dir
+from xtune.models.load import ARGUMENT_USE, load_for_inference, load_tokenizer, resolve_model_dir
 from xtune.multimodal.data import image_prompt, load_image
 from xtune.multimodal.model import load_projector
 from xtune.multimodal.train import is_projector_dir, projector_base
@@ -29,7 +29,7 @@ def load_llava_for_inference(
     dtype: torch.dtype | str | None = None,
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, Path]:
     """load_for_inference, plus stage 1 outputs (a projector and the base it belongs to)."""
-    model_dir = resolve_model_dir(model_path)
+    model_dir = resolve_model_dir(model_path, ARGUMENT_USE)
     if adapter is None and is_projector_dir(model_dir):
         model, _, _ = load_for_inference(projector_base(model_dir), None, bits, trust_remote_code, device, dtype)
         load_projector(model, model_dir)

@@ -46,11 +46,12 @@ BASE_FILE = "xtune_base.json"  # in a base_model directory: what it was assemble
 NOT_QUANTISED = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]  # matched from the start
 # Processor files written next to every trained model and export, so AutoProcessor loads them.
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+VISION_USE = "set model.vision.path to it (--set model.vision.path={dir})"  # see resolve_model_dir
 
 
 def vision_config(settings: VisionSettings) -> PretrainedConfig:
     """The vision encoder's config; of a full CLIP/SigLIP directory (text tower too), its vision half."""
-    config = AutoConfig.from_pretrained(resolve_model_dir(settings.path), local_files_only=True)
+    config = AutoConfig.from_pretrained(resolve_model_dir(settings.path, VISION_USE), local_files_only=True)
     return getattr(config, "vision_config", config)
 
 
@@ -75,7 +76,7 @@ def image_processor(settings: VisionSettings, pad_to_square: bool) -> LlavaImage
     the mean colour first. Saved with the model, so plain transformers preprocesses exactly as training did."""
     from transformers import AutoImageProcessor
 
-    vision_dir = resolve_model_dir(settings.path)
+    vision_dir = resolve_model_dir(settings.path, VISION_USE)
     if not (vision_dir / "preprocessor_config.json").exists():
         raise ConfigError(f"{vision_dir} has no preprocessor_config.json; copy the vision encoder's processor there")
     source = AutoImageProcessor.from_pretrained(vision_dir, local_files_only=True).to_dict()
@@ -91,7 +92,7 @@ def _vision_encoder(settings: VisionSettings, seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
         return model_class(config)
     return model_class.from_pretrained(
-        resolve_model_dir(settings.path), config=config, dtype="auto", local_files_only=True
+        resolve_model_dir(settings.path, VISION_USE), config=config, dtype="auto", local_files_only=True
     )
 
 
@@ -161,7 +162,7 @@ def prepare_for_training(model: LlavaForConditionalGeneration, settings: ModelSe
     model.requires_grad_(False)
     if settings.method in ("frozen", "full"):
         if settings.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.model.multi_modal_projector.requires_grad_(True)
         if settings.method == "full":
             model.model.language_model.requires_grad_(True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from importlib import resources
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,16 @@ def zero_stage(config: dict[str, Any]) -> int:
     return int(config.get("zero_optimization", {}).get("stage", 0))
 
 
+INSTALL = "pip install 'xtune[deepspeed]'"
+
+
+def check_installed(source: str) -> None:
+    """Refuse the engine where DeepSpeed is not installed, without importing it (seconds): `source` is what asked
+    for it (the flag or the config key)."""
+    if find_spec("deepspeed") is None:
+        raise ConfigError(f"{source} needs DeepSpeed, which is not installed: {INSTALL}")
+
+
 def import_deepspeed():
     """deepspeed, set up for this machine; a clear message where it is not installed."""
     if not torch.cuda.is_available():
@@ -83,7 +94,7 @@ def import_deepspeed():
         import deepspeed
         import deepspeed.ops
     except ImportError as e:
-        raise ConfigError(f"--deepspeed needs DeepSpeed: pip install 'xtune[deepspeed]' ({e})") from None
+        raise ConfigError(f"--deepspeed needs DeepSpeed: {INSTALL} ({e})") from None
     from deepspeed.accelerator import get_accelerator
 
     if get_accelerator().device_name() == "cpu":
