@@ -28,6 +28,14 @@ ORPHAN_RESULT = {
     ]
 }
 MISSING_OUTPUT = {"instruction": "Say hi"}
+QUOTED_LOSS_FLAG = {
+    "messages": [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Wrong answer.", "loss": "false"},
+        {"role": "user", "content": "Again?"},
+        {"role": "assistant", "content": "Hello!"},
+    ]
+}
 
 
 def jsonl(*records: dict) -> bytes:
@@ -52,6 +60,10 @@ ORPHAN_PROBLEM = (
     "messages[1] is a tool result that answers no call; add the call to the tool_calls of the assistant message "
     "before it, or remove the result (format 'openai', keys present: messages). Fix the record or choose the format "
     "that matches your data (`xtune list-dataset-format`)."
+)
+QUOTED_LOSS_PROBLEM = (
+    "messages[1].loss must be true or false (a JSON boolean), got 'false' (format 'openai', keys present: messages). "
+    "Fix the record or choose the format that matches your data (`xtune list-dataset-format`)."
 )
 MISSING_OUTPUT_PROBLEM = (
     "missing key 'output' (format 'alpaca', keys present: instruction). Fix the record or choose the format that "
@@ -237,6 +249,14 @@ CASES = [
         f"xtune: error: {{data}}:2: {ORPHAN_PROBLEM}",
         1,
         [f"error: {{data}}:2: {ORPHAN_PROBLEM}", "skipped: {data}:4: no assistant turn; training skips this record"],
+    ),
+    # a quoted flag: bool("false") is True, so the turn it was meant to hide would be trained
+    *record_cases(
+        "loss-flag-as-a-string",
+        ANSWERED_LINE + jsonl(QUOTED_LOSS_FLAG),
+        f"xtune: error: {{data}}:2: {QUOTED_LOSS_PROBLEM}",
+        1,
+        [f"error: {{data}}:2: {QUOTED_LOSS_PROBLEM}"],
     ),
     # 7. a thousand records with one problem: ten listed, the rest counted
     *record_cases(
