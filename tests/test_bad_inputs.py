@@ -37,6 +37,14 @@ QUOTED_LOSS_FLAG = {
     ]
 }
 
+PREVIOUS_RUN = {  # what a finished run leaves (contents abridged)
+    "run/checkpoint-3/manifest.json": b"{}",
+    "run/checkpoint-6/manifest.json": b"{}",
+    "run/final/adapter_config.json": b"{}",
+    "run/metrics.jsonl": b'{"step": 1, "loss": 2.5}\n',
+    "run/train.log": b"...",
+}
+
 
 def jsonl(*records: dict) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
@@ -231,6 +239,20 @@ CASES = [
         "xtune: error: copy-cfg DIR {inputs}/work.txt is a file, not a directory; name a directory to write the copy "
         "into",
         {"work.txt": b"notes"},
+    ),
+    # a second run into a work dir that holds one: refused before the data is read, the earlier run untouched
+    Case(
+        "work-dir-holds-a-run",
+        ["train", PRESET, "--work-dir", "{inputs}/run"],
+        "xtune: error: {inputs}/run already holds a run (checkpoint-6, final, metrics.jsonl); pass --resume to "
+        "continue it, --overwrite to replace it, or --work-dir to train somewhere else",
+        PREVIOUS_RUN,
+    ),
+    Case(
+        "resume-and-overwrite",
+        ["train", PRESET, "--work-dir", "{inputs}/run", "--resume", "--overwrite"],
+        "xtune: error: --resume continues the run in the work dir and --overwrite replaces it; pass one of them",
+        PREVIOUS_RUN,
     ),
     # 6. records with nothing to train, and tool results that answer no call
     *record_cases(

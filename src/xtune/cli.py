@@ -109,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     source = "--work-dir" if args.work_dir else "work_dir" if cfg.work_dir else "the work dir"
     _check_directory(work_dir, source, "choose another directory with --work-dir DIR")
     recipe = FinetuneRecipe(cfg, work_dir)
-    recipe.setup(resume=args.resume)
+    recipe.setup(resume=args.resume, overwrite=args.overwrite)
     out = recipe.train()
     is_main = recipe.world.is_main
     recipe.close()
@@ -230,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CHECKPOINT",
         help="continue from the newest whole checkpoint in the work dir (an error when there is none), from "
         "CHECKPOINT, or with 'auto' from the newest one if there is one and from scratch otherwise",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in the work dir (its checkpoints, final/, metrics and logs are removed); "
+        "without it or --resume, a work dir that holds a run is refused",
     )
     p.set_defaults(func=cmd_train)
 

@@ -101,6 +101,54 @@ def checkpoint_to_resume(work_dir: Path, resume: str | bool | None) -> tuple[Pat
     return path, []
 
 
+# What a run writes into its work dir besides its checkpoints, as globs: `--overwrite` removes these and nothing
+# else, since a work dir may be a folder the user keeps other files in. base_model/ stays: it is rebuilt from the
+# config (or reused when the parts it was assembled from are the same), never trained.
+RUN_OUTPUTS = (
+    "final",
+    "metrics.jsonl",
+    "eval_outputs_step_*.txt",
+    "training_curve.png",
+    "tensorboard",
+    "train.log",
+    "xtune_config.yaml",
+    "deepspeed_config.json",
+)
+
+
+def previous_run(work_dir: Path) -> list[str]:
+    """What in `work_dir` a run trained: its checkpoints, final/ and metrics.jsonl (empty: no run to lose). A run that
+    stopped before its first step (bad input, a model that would not load) left nothing worth keeping."""
+    found = [p.name for p in list_checkpoints(work_dir)[-1:]]
+    found += [name for name in ("final", "metrics.jsonl") if (work_dir / name).exists()]
+    return found
+
+
+def check_no_previous_run(work_dir: Path, resume: str | bool | None, overwrite: bool) -> None:
+    """Refuse to train over an earlier run without --resume or --overwrite: training would replace its metrics,
+    its checkpoints one by one and its final/ without a word."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in the work dir and --overwrite replaces it; pass one of them")
+    if resume or overwrite or not (found := previous_run(work_dir)):
+        return
+    raise ConfigError(
+        f"{work_dir} already holds a run ({', '.join(found)}); pass --resume to continue it, --overwrite to replace "
+        "it, or --work-dir to train somewhere else"
+    )
+
+
+def remove_previous_run(work_dir: Path) -> list[str]:
+    """--overwrite: remove what an earlier run wrote (RUN_OUTPUTS), and nothing else; the names removed."""
+    removed = []
+    for path in [*list_checkpoints(work_dir), *(p for pattern in RUN_OUTPUTS for p in sorted(work_dir.glob(pattern)))]:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(path.name)
+    return removed
+
+
 def latest_resumable(work_dir: Path) -> tuple[Path | None, list[str]]:
     """The newest checkpoint that passes check_checkpoint, and a line for each newer one skipped and why."""
     skipped = []

@@ -41,11 +41,13 @@ from xtune.models.load import (
 from xtune.templates import ChatTemplate, config_template
 from xtune.train import deepspeed_engine
 from xtune.train.checkpoint import (
+    check_no_previous_run,
     checkpoint_to_resume,
     full_state_dict,
     load_checkpoint,
     load_sharded_checkpoint,
     read_fsdp_shards,
+    remove_previous_run,
     remove_stale_writes,
     save_checkpoint,
     save_sharded_checkpoint,
@@ -141,7 +143,10 @@ class FinetuneRecipe:
         self.device = device_for(self.world) if self.world.distributed else device or default_device()
 
     # ------------------------------------------------------------------ setup
-    def setup(self, resume: str | bool | None = None) -> None:
+    def setup(self, resume: str | bool | None = None, overwrite: bool = False) -> None:
+        """Load everything a run needs. `resume` (--resume): continue from a checkpoint (see checkpoint_to_resume);
+        `overwrite` (--overwrite): remove an earlier run's outputs from the work dir first; with neither, a work dir
+        that holds a run is refused."""
         cfg, world = self.cfg, self.world
         if world.distributed and cfg.training.engine == "fsdp" and cfg.model.vision and cfg.model.method != "full":
             # Stage 1 writes its projector from the module itself, which FSDP2 leaves sharded; the LoRA stage with
@@ -154,6 +159,7 @@ class FinetuneRecipe:
         self.ds_config = deepspeed_engine.load_deepspeed_config(t) if t.engine == "deepspeed" else None
         self.zero3 = self.ds_config is not None and deepspeed_engine.zero_stage(self.ds_config) == 3
         # Before anything is written or loaded: a --resume that cannot be honoured costs nothing.
+        check_no_previous_run(self.work_dir, resume, overwrite)
         resume_from, skipped = checkpoint_to_resume(self.work_dir, resume)
         torch.manual_seed(cfg.training.seed)
         # A LLaVA config (model.vision): its model, image batches and outputs come from xtune.multimodal.
@@ -174,9 +180,13 @@ class FinetuneRecipe:
             self.data = build_training_data(cfg.data, self.tokenizer, self.template, cfg.training.seed, map_fn_of)
         # Only now, with tokenizer and data read: a run refused for bad input leaves no work dir behind.
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        # Also only now, so that a refused run leaves the earlier one whole; before train.log is opened again.
+        removed = remove_previous_run(self.work_dir) if overwrite and world.is_main else []
         self.console = Console(stderr=True)
         # Before the model loads and resume, so they are logged too; one log, written by rank 0.
         setup_logging(self.work_dir / "train.log" if world.is_main else None, self.console)
+        if removed:
+            logger.info(f"--overwrite: removed the earlier run's {', '.join(removed)}")
         for line in skipped:
             logger.warning(f"--resume: skipping {line}")
         if world.is_main:  # before this run writes anything; the other ranks write nothing until the model loads
