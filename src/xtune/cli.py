@@ -165,6 +165,13 @@ def cmd_convert_merge(args: argparse.Namespace) -> None:
     print(f"merged model written to {out}")
 
 
+def cmd_convert_checkpoint(args: argparse.Namespace) -> None:
+    from xtune.models.export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out, trust_remote_code=args.trust_remote_code)
+    print(f"{args.checkpoint} written as a Hugging Face directory to {out}")
+
+
 def cmd_eval_mmbench(args: argparse.Namespace) -> None:
     from xtune.multimodal.mmbench import run
 
@@ -313,11 +320,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--trust-remote-code", action="store_true")
     m.set_defaults(func=cmd_convert_merge)
+    c = convert.add_parser(
+        "checkpoint",
+        aliases=["pth_to_hf"],
+        help="write a training checkpoint (checkpoint-N) as a Hugging Face directory like final/",
+    )
+    c.add_argument("checkpoint", help="a work dir's checkpoint-N")
+    c.add_argument("out")
+    c.add_argument("--trust-remote-code", action="store_true")
+    c.set_defaults(func=cmd_convert_checkpoint)
 
     # before or after the command: `xtune --debug train ...` and `xtune train ... --debug`
     debug_help = "print the full traceback of an error"
     parser.add_argument("--debug", action="store_true", help=debug_help)
-    for command in [*sub.choices.values(), *convert.choices.values()]:
+    commands = {id(c): c for c in [*sub.choices.values(), *convert.choices.values()]}  # an alias maps to its command
+    for command in commands.values():
         # SUPPRESS: a command that was not given --debug leaves the value the main parser set
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser

@@ -25,6 +25,7 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 SHARDED_TMP_RE = re.compile(r"^\.checkpoint-\d+\.tmp$")  # one name for every rank's writes, so no PID in it
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
+WEIGHTS_FILE = "trainable.safetensors"  # the trainable parameters by their names in the model (PEFT's for LoRA)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -53,13 +54,19 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     extra: dict,
     keep: int,
+    write_files: Callable[[Path], None] | None = None,
 ) -> Path:
+    """Write checkpoint-`step` in `work_dir` and keep the newest `keep`. `write_files(directory)` adds small files
+    (the tokenizer, adapter_config.json, ...) that make the checkpoint usable as final/ is; the manifest covers them."""
+
     def write(tmp: Path) -> None:
-        save_file(trainable_state(model), tmp / "trainable.safetensors")
+        save_file(trainable_state(model), tmp / WEIGHTS_FILE)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         save_file(rng_state(), tmp / "rng.safetensors")
         state = {"step": step, "scheduler": scheduler.state_dict(), **extra}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        if write_files is not None:
+            write_files(tmp)
         write_manifest(tmp)
 
     path = write_atomically(work_dir / f"checkpoint-{step}", write, needed_bytes=_checkpoint_bytes(work_dir))
@@ -226,21 +233,34 @@ def load_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> dict:
     """Restore everything save_checkpoint wrote; returns the trainer state (step, ...)."""
-    weights = load_file(path / "trainable.safetensors")
-    expected = {name for name, p in model.named_parameters() if p.requires_grad}
-    if set(weights) != expected:
-        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
-        raise ValueError(
-            f"{path}: checkpoint does not match this model/method (missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}); resume with the config that wrote it"
-        )
-    model.load_state_dict(weights, strict=False)
+    load_trainable(path, model, "resume with the config that wrote it")
     # weights_only: the optimizer file holds tensors and numbers only; never unpickle arbitrary objects.
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
     state = json.loads((path / STATE_FILE).read_text())
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(load_file(path / "rng.safetensors"))
     return state
+
+
+def load_trainable(path: Path, model: torch.nn.Module, fix: str) -> None:
+    """Load a checkpoint's trainable weights into `model`, whose trainable parameters must be exactly those saved."""
+    weights = load_file(path / WEIGHTS_FILE)
+    expected = {name for name, p in model.named_parameters() if p.requires_grad}
+    if set(weights) != expected:
+        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        raise ValueError(
+            f"{path}: checkpoint does not match this model/method (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}); {fix}"
+        )
+    model.load_state_dict(weights, strict=False)
+
+
+def write_weight_index(directory: Path, model: torch.nn.Module) -> None:
+    """A full fine-tune's checkpoint holds every parameter in WEIGHTS_FILE: an index that names that file for each
+    makes the checkpoint a model directory transformers loads as it is (with config.json), with no second copy."""
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    index = {"metadata": {}, "weight_map": dict.fromkeys(names, WEIGHTS_FILE)}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
 
 
 # ---------------------------------------------------------------------------------------------- FSDP2, DeepSpeed

@@ -9,6 +9,7 @@ directory at the end.
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import json
 import math
@@ -32,6 +33,7 @@ from xtune.io import write_atomically
 from xtune.models.attention import use_causal_chunked_attention
 from xtune.models.load import (
     attach_adapters,
+    base_reference,
     default_device,
     fit_embeddings,
     load_base_model,
@@ -52,6 +54,7 @@ from xtune.train.checkpoint import (
     save_checkpoint,
     save_sharded_checkpoint,
     write_fsdp_shards,
+    write_weight_index,
 )
 from xtune.train.distributed import all_reduce_sum, barrier, device_for, init_world, main_first, wrap
 from xtune.train.loss import CausalLMLoss, causal_lm, compile_decoder_layers, count_trained_tokens
@@ -202,6 +205,10 @@ class FinetuneRecipe:
             self.model = self._language_model(compute_dtype)
             pad_id, flat = self.tokenizer.pad_token_id, needs_flat_batches(self.model)
             self.collate = partial(collate, pad_token_id=pad_id, flatten=flat)
+        if hasattr(self.model, "peft_config"):  # adapter_config.json of final/ and each checkpoint-N/
+            for adapter in self.model.peft_config.values():
+                if base := adapter.base_model_name_or_path:  # the same for checkpoint-N/, a sibling of final/
+                    adapter.base_model_name_or_path = base_reference(base, self.work_dir / "final", self.work_dir)
         self.model.train()
         self.n_params = (  # counted before an engine partitions them
             sum(p.numel() for p in self.model.parameters() if p.requires_grad),
@@ -403,10 +410,41 @@ class FinetuneRecipe:
                 self.work_dir, self.step, write, self.scheduler, extra, keep, self.world.is_main
             )
         elif self.world.is_main:  # DDP replicas are identical: rank 0 writes
-            path = save_checkpoint(self.work_dir, self.step, self.model, self.optimizer, self.scheduler, extra, keep)
+            path = save_checkpoint(
+                self.work_dir,
+                self.step,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                extra,
+                keep,
+                write_files=self._write_checkpoint_files,
+            )
         else:
             return
         logger.info(f"saved {path}")
+
+    def _write_checkpoint_files(self, out: Path) -> None:
+        """What makes a checkpoint usable as final/ is (chat, convert merge, convert checkpoint), beside its
+        trainable.safetensors: small files only, never a second copy of the weights."""
+        if hasattr(self.model, "peft_config"):
+            for adapter in self.model.peft_config.values():
+                adapter = copy.copy(adapter)
+                adapter.inference_mode = True  # as PEFT writes it into final/
+                adapter.save_pretrained(out)
+        elif self.multimodal is None:  # a full fine-tune: the checkpoint holds every parameter
+            self.model.config.save_pretrained(out)
+            self.model.generation_config.save_pretrained(out)
+            write_weight_index(out, self.model)
+        self._write_tokenizer_and_config(out)
+        if self.multimodal and self.cfg.model.method != "frozen":
+            self.multimodal.save(self.model, out, self.tokenizer, weights=False)
+
+    def _write_tokenizer_and_config(self, out: Path) -> None:
+        """The tokenizer with the chat template used in training, and the resolved config."""
+        self.tokenizer.chat_template = self.template.to_jinja()
+        self.tokenizer.save_pretrained(out)
+        (out / CONFIG_FILE).write_text((self.work_dir / CONFIG_FILE).read_text())
 
     def evaluate(self) -> None:
         ev = self.cfg.evaluation
@@ -453,11 +491,9 @@ class FinetuneRecipe:
                 self.model.save_pretrained(tmp, save_embedding_layers=False, state_dict=gathered)
             else:
                 self.model.save_pretrained(tmp, state_dict=gathered)
-            self.tokenizer.chat_template = self.template.to_jinja()
-            self.tokenizer.save_pretrained(tmp)
+            self._write_tokenizer_and_config(tmp)
             if self.multimodal:
                 self.multimodal.save(self.model, tmp, self.tokenizer)
-            (tmp / CONFIG_FILE).write_text((self.work_dir / CONFIG_FILE).read_text())
 
         path = write_atomically(self.work_dir / "final", write)
         saved = {"full": "model", "frozen": "projector"}.get(self.cfg.model.method, "adapter")
