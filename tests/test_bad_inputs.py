@@ -28,6 +28,22 @@ ORPHAN_RESULT = {
     ]
 }
 MISSING_OUTPUT = {"instruction": "Say hi"}
+QUOTED_LOSS_FLAG = {
+    "messages": [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Wrong answer.", "loss": "false"},
+        {"role": "user", "content": "Again?"},
+        {"role": "assistant", "content": "Hello!"},
+    ]
+}
+
+PREVIOUS_RUN = {  # what a finished run leaves (contents abridged)
+    "run/checkpoint-3/manifest.json": b"{}",
+    "run/checkpoint-6/manifest.json": b"{}",
+    "run/final/adapter_config.json": b"{}",
+    "run/metrics.jsonl": b'{"step": 1, "loss": 2.5}\n',
+    "run/train.log": b"...",
+}
 
 
 def jsonl(*records: dict) -> bytes:
@@ -52,6 +68,10 @@ ORPHAN_PROBLEM = (
     "messages[1] is a tool result that answers no call; add the call to the tool_calls of the assistant message "
     "before it, or remove the result (format 'openai', keys present: messages). Fix the record or choose the format "
     "that matches your data (`xtune list-dataset-format`)."
+)
+QUOTED_LOSS_PROBLEM = (
+    "messages[1].loss must be true or false (a JSON boolean), got 'false' (format 'openai', keys present: messages). "
+    "Fix the record or choose the format that matches your data (`xtune list-dataset-format`)."
 )
 MISSING_OUTPUT_PROBLEM = (
     "missing key 'output' (format 'alpaca', keys present: instruction). Fix the record or choose the format that "
@@ -220,6 +240,20 @@ CASES = [
         "into",
         {"work.txt": b"notes"},
     ),
+    # a second run into a work dir that holds one: refused before the data is read, the earlier run untouched
+    Case(
+        "work-dir-holds-a-run",
+        ["train", PRESET, "--work-dir", "{inputs}/run"],
+        "xtune: error: {inputs}/run already holds a run (checkpoint-6, final, metrics.jsonl); pass --resume to "
+        "continue it, --overwrite to replace it, or --work-dir to train somewhere else",
+        PREVIOUS_RUN,
+    ),
+    Case(
+        "resume-and-overwrite",
+        ["train", PRESET, "--work-dir", "{inputs}/run", "--resume", "--overwrite"],
+        "xtune: error: --resume continues the run in the work dir and --overwrite replaces it; pass one of them",
+        PREVIOUS_RUN,
+    ),
     # 6. records with nothing to train, and tool results that answer no call
     *record_cases(
         "no-assistant-turn-anywhere",
@@ -237,6 +271,14 @@ CASES = [
         f"xtune: error: {{data}}:2: {ORPHAN_PROBLEM}",
         1,
         [f"error: {{data}}:2: {ORPHAN_PROBLEM}", "skipped: {data}:4: no assistant turn; training skips this record"],
+    ),
+    # a quoted flag: bool("false") is True, so the turn it was meant to hide would be trained
+    *record_cases(
+        "loss-flag-as-a-string",
+        ANSWERED_LINE + jsonl(QUOTED_LOSS_FLAG),
+        f"xtune: error: {{data}}:2: {QUOTED_LOSS_PROBLEM}",
+        1,
+        [f"error: {{data}}:2: {QUOTED_LOSS_PROBLEM}"],
     ),
     # 7. a thousand records with one problem: ten listed, the rest counted
     *record_cases(

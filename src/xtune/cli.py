@@ -174,7 +174,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     source = "--work-dir" if args.work_dir else "work_dir" if cfg.work_dir else "the work dir"
     _check_directory(work_dir, source, "choose another directory with --work-dir DIR")
     recipe = FinetuneRecipe(cfg, work_dir)
-    recipe.setup(resume=args.resume)
+    recipe.setup(resume=args.resume, overwrite=args.overwrite)
     out = recipe.train()
     is_main = recipe.world.is_main
     recipe.close()
@@ -245,6 +245,13 @@ def cmd_convert_merge(args: argparse.Namespace) -> None:
         save_format=args.save_format,
     )
     print(f"merged model written to {out}")
+
+
+def cmd_convert_checkpoint(args: argparse.Namespace) -> None:
+    from xtune.models.export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out, trust_remote_code=args.trust_remote_code)
+    print(f"{args.checkpoint} written as a Hugging Face directory to {out}")
 
 
 def cmd_eval_mmbench(args: argparse.Namespace) -> None:
@@ -324,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CHECKPOINT",
         help="continue from the newest whole checkpoint in the work dir (an error when there is none), from "
         "CHECKPOINT, or with 'auto' from the newest one if there is one and from scratch otherwise",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in the work dir (its checkpoints, final/, metrics and logs are removed); "
+        "without it or --resume, a work dir that holds a run is refused",
     )
     p.set_defaults(func=cmd_train)
 
@@ -409,6 +422,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--trust-remote-code", action="store_true")
     m.set_defaults(func=cmd_convert_merge)
+    c = convert.add_parser(
+        "checkpoint",
+        aliases=["pth_to_hf"],
+        help="write a training checkpoint (checkpoint-N) as a Hugging Face directory like final/",
+    )
+    c.add_argument("checkpoint", help="a work dir's checkpoint-N")
+    c.add_argument("out")
+    c.add_argument("--trust-remote-code", action="store_true")
+    c.set_defaults(func=cmd_convert_checkpoint)
 
     # before or after the command: `xtune --debug train ...` and `xtune train ... --debug`
     global_flags = {

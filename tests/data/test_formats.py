@@ -67,6 +67,15 @@ def test_openai_keeps_roles_and_loss_flag():
     ]
 
 
+@pytest.mark.parametrize("flag", ["false", "False", 0, 1, "no", [], {}])
+def test_openai_refuses_a_loss_flag_that_is_not_a_boolean(flag):
+    """bool("false") is True: a quoted flag meant to hide a turn would train it. Only JSON booleans are accepted."""
+    record = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hm.", "loss": flag}]}
+    with pytest.raises(RecordError, match=r"messages\[1\]\.loss must be true or false") as error:
+        get_map_fn("openai")(record)
+    assert error.value.key == "messages[1].loss"
+
+
 def test_openai_drops_an_opening_assistant_turn():
     record = {
         "messages": [

@@ -254,3 +254,36 @@ def test_resume_without_a_checkpoint_stops_before_writing_anything(tmp_path, cac
     with pytest.raises(ConfigError, match="has no checkpoint"):
         recipe.setup(resume=True)
     assert not work_dir.exists()
+
+
+def test_overwrite_removes_the_earlier_runs_outputs_and_nothing_else(tmp_path, cache_dir):
+    work_dir = tmp_path / "run"
+    earlier = ["checkpoint-2/manifest.json", "final/adapter_config.json", "metrics.jsonl", "eval_outputs_step_0.txt"]
+    earlier += ["training_curve.png", "tensorboard/events.out", "train.log", "xtune_config.yaml"]
+    kept = ["notes.txt", "checkpoint-notes/plan.md"]  # the user's own files
+    for name in [*earlier, *kept]:
+        (work_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (work_dir / name).write_text("from before")
+    recipe = FinetuneRecipe(small_config("lora", cache_dir, **SECTIONS), work_dir, device=torch.device("cpu"))
+    recipe.setup(overwrite=True)
+    assert not list_checkpoints(work_dir)
+    for name in ("final", "metrics.jsonl", "eval_outputs_step_0.txt", "training_curve.png", "tensorboard"):
+        assert not (work_dir / name).exists(), name
+    assert all((work_dir / name).read_text() == "from before" for name in kept)
+    log = (work_dir / "train.log").read_text()
+    assert "from before" not in log and "--overwrite: removed the earlier run's checkpoint-2, final, " in log
+    assert (work_dir / "xtune_config.yaml").read_text() != "from before"  # this run's
+
+
+def test_a_run_that_stopped_before_training_is_not_a_run_to_protect(tmp_path, cache_dir):
+    """A run refused while loading (a bad model path, say) left train.log and the config: training again just works."""
+    work_dir = tmp_path / "run"
+    work_dir.mkdir()
+    (work_dir / "train.log").write_text("an earlier attempt")
+    (work_dir / "xtune_config.yaml").write_text("model: {}")
+    recipe = FinetuneRecipe(small_config("lora", cache_dir, **SECTIONS), work_dir, device=torch.device("cpu"))
+    recipe.setup()
+    assert recipe.step == 0
+    (work_dir / "metrics.jsonl").write_text("")  # now it has trained (or started to)
+    with pytest.raises(ConfigError, match=r"already holds a run \(metrics.jsonl\); pass --resume"):
+        FinetuneRecipe(small_config("lora", cache_dir, **SECTIONS), work_dir, device=torch.device("cpu")).setup()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -76,7 +75,8 @@ def test_final_loads_back_with_the_trained_weights(run):
             loaded = AutoModelForCausalLM.from_pretrained(run.final, dtype=torch.float32).eval()
         else:
             adapter_config = json.loads((run.final / "adapter_config.json").read_text())
-            assert Path(adapter_config["base_model_name_or_path"]) == (run.work_dir / "base_model").resolve()
+            # the work dir's own base, relative to the adapter: the work dir can move (tests/train/test_lifecycle.py)
+            assert adapter_config["base_model_name_or_path"] == "../base_model"
             base = load_base(run.work_dir / "base_model", quantized=run.method == "qlora")
             base_logits = base(input_ids=ids).logits
             loaded = PeftModel.from_pretrained(base, run.final).eval()
@@ -122,12 +122,18 @@ def test_checkpoints_respect_save_total_limit(run):
     trainable = {n for n, p in run.recipe.model.named_parameters() if p.requires_grad}
     for name in names:
         checkpoint = run.work_dir / name
+        # and, small, what final/ carries beside the weights (see test_lifecycle.py)
+        usable_as_final = {"config.json", "generation_config.json", "model.safetensors.index.json"}
+        if run.method != "full":
+            usable_as_final = {"adapter_config.json"}
+        usable_as_final |= {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "xtune_config.yaml"}
         assert {p.name for p in checkpoint.iterdir()} == {
             "trainable.safetensors",
             "optimizer.pt",
             "rng.safetensors",
             "trainer_state.json",
             "manifest.json",
+            *usable_as_final,
         }
         assert check_checkpoint(checkpoint) is None
         state = json.loads((checkpoint / "trainer_state.json").read_text())

@@ -133,8 +133,13 @@ def openai(record: dict) -> Sample:
         converted: dict[str, Any] = {"role": role, "content": content}
         if calls:
             converted["tool_calls"] = calls
-        if message.get("loss") is not None:
-            converted["loss"] = bool(message["loss"])
+        loss = message.get("loss")
+        if loss is not None:  # None: the key is absent, or datasets filled it in for a record without it
+            if not isinstance(loss, bool):  # bool("false") is True: a quoted or numeric flag would be trained
+                raise RecordError(
+                    f"messages[{i}].loss must be true or false (a JSON boolean), got {loss!r}", f"messages[{i}].loss"
+                )
+            converted["loss"] = loss
         out.append(converted)
     _check_tool_results(out)
     return _with_tools({"messages": _drop_leading_assistant(out)}, record)

@@ -12,7 +12,14 @@ import yaml
 from xtune.errors import ConfigError
 from xtune.io import write_atomically
 from xtune.models.internlm2 import is_internlm2, read_config, save_as_internlm2
-from xtune.models.load import ARGUMENT_USE, load_for_inference, load_tokenizer, resolve_model_dir
+from xtune.models.load import (
+    ARGUMENT_USE,
+    adapter_base_path,
+    base_reference,
+    load_for_inference,
+    load_tokenizer,
+    resolve_model_dir,
+)
 
 CONFIG_FILE = "xtune_config.yaml"
 
@@ -61,6 +68,42 @@ def merge_adapter(
         (tmp / "README.md").write_text(model_card(base, adapter, source, multimodal), encoding="utf-8")
 
     return write_atomically(Path(out), write)
+
+
+def export_checkpoint(checkpoint: str, out: str | Path, trust_remote_code: bool = False) -> Path:
+    """Write a training checkpoint (checkpoint-N) as the run's final/ would be at that step: the PEFT adapter (or the
+    full model), the tokenizer with the chat template, the config; a directory that needs no xtune to load
+    (XTuner's `convert pth_to_hf`). Its adapter names the base by an absolute path unless OUT is in the same work
+    dir."""
+    from peft import PeftModel
+
+    from xtune.multimodal.model import PROCESSOR_FILES
+    from xtune.train.checkpoint import STATE_FILE
+
+    checkpoint_dir = resolve_model_dir(checkpoint, ARGUMENT_USE)
+    if not (checkpoint_dir / STATE_FILE).is_file():
+        raise ConfigError(
+            f"{checkpoint_dir} is not a training checkpoint (no {STATE_FILE}); name a work dir's checkpoint-N"
+        )
+    model, tokenizer, source = load_for_inference(
+        checkpoint, trust_remote_code=trust_remote_code, device=torch.device("cpu"), dtype="auto"
+    )
+    out = Path(out)
+
+    def write(tmp: Path) -> None:
+        if isinstance(model, PeftModel):
+            base = base_reference(adapter_base_path(checkpoint_dir), out, checkpoint_dir.parent)  # as seen from OUT
+            for adapter in model.peft_config.values():
+                adapter.base_model_name_or_path = base
+            model.save_pretrained(tmp, save_embedding_layers=False)  # as the recipe writes final/
+        else:
+            model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name in (CONFIG_FILE, *PROCESSOR_FILES):
+            if (source / name).exists():
+                shutil.copy(source / name, tmp / name)
+
+    return write_atomically(out, write)
 
 
 def model_card(base: str, adapter: str, source: Path, multimodal: bool = False) -> str:

@@ -6,6 +6,7 @@ import contextlib
 import difflib
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -365,10 +366,11 @@ def attach_adapters(
     return get_peft_model(model, lora)
 
 
-def adapter_base_path(adapter_dir: Path) -> str:
-    """The base model an adapter was trained on, from its adapter_config.json."""
-    import json
+WORK_DIR_BASE = "base_model"  # a base that training writes into the work dir (random_init, LLaVA's assembled model)
 
+
+def adapter_base_path(adapter_dir: Path) -> str:
+    """The base model an adapter was trained on, from its adapter_config.json (see resolve_base)."""
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
     base = config.get("base_model_name_or_path")
     if not base:
@@ -376,7 +378,30 @@ def adapter_base_path(adapter_dir: Path) -> str:
             f"{adapter_dir}/adapter_config.json names no base model (base_model_name_or_path); name it yourself: "
             f"xtune chat BASE --adapter {adapter_dir}"
         )
-    return base
+    return resolve_base(base, adapter_dir)
+
+
+def base_reference(base: str | Path, out_dir: Path, work_dir: Path) -> str:
+    """How an output in `out_dir` records its base: relative to it (`../base_model`) when both lie in `work_dir`, so
+    that the work dir can be moved or copied whole; otherwise as given."""
+    path, work_dir = Path(base), work_dir.resolve()
+    if path.is_absolute() and path.resolve().is_relative_to(work_dir) and out_dir.resolve().is_relative_to(work_dir):
+        return os.path.relpath(path.resolve(), out_dir.resolve())
+    return str(base)
+
+
+def resolve_base(recorded: str, adapter_dir: Path) -> str:
+    """The base an output in `adapter_dir` recorded (base_reference). A relative path is read from `adapter_dir`;
+    PEFT itself reads one from the current directory, so a relative path found there is kept too (a repo id as well).
+    An absolute `.../base_model` that no longer exists was the work dir's own base: a moved work dir has it beside."""
+    path = Path(recorded).expanduser()
+    if not path.is_absolute():
+        beside = adapter_dir / path
+        return str(beside.resolve()) if beside.is_dir() else recorded
+    moved = adapter_dir.resolve().parent / WORK_DIR_BASE
+    if not path.exists() and path.name == WORK_DIR_BASE and moved.is_dir():
+        return str(moved)
+    return recorded
 
 
 def load_for_inference(
@@ -392,6 +417,7 @@ def load_for_inference(
     chat template, when it has one) and the directory whose xtune_config.yaml describes the training."""
     device = device or default_device()
     model_dir = resolve_model_dir(model_path, ARGUMENT_USE)
+    check_checkpoint_dir(model_dir)
     if adapter is None and (model_dir / "adapter_config.json").exists():
         try:
             base_dir = resolve_model_dir(adapter_base_path(model_dir), ARGUMENT_USE)
@@ -402,6 +428,8 @@ def load_for_inference(
             ) from None
         adapter, model_dir = str(model_dir), base_dir
     adapter_dir = resolve_model_dir(adapter, ARGUMENT_USE) if adapter else None
+    if adapter_dir is not None:
+        check_checkpoint_dir(adapter_dir)
     source = adapter_dir or model_dir
     has_tokenizer = any((source / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
     tokenizer = load_tokenizer(source if has_tokenizer else model_dir, trust_remote_code)
@@ -411,9 +439,41 @@ def load_for_inference(
     if not bits:
         model.to(device)
     if adapter_dir is not None:
-        from peft import PeftModel
-
         fit_embeddings(model, tokenizer)  # the adapter was trained with added tokens: its rows need a home
-        model = PeftModel.from_pretrained(model, adapter_dir)
+        model = _load_adapter(model, adapter_dir)
     model.eval()
     return model, tokenizer, source
+
+
+def _load_adapter(model: PreTrainedModel, adapter_dir: Path) -> torch.nn.Module:
+    """The adapter in `adapter_dir` on `model`: a saved PEFT adapter, or a training checkpoint's LoRA weights, which
+    keep the names they have in the model (see xtune.train.checkpoint)."""
+    from peft import PeftConfig, PeftModel, get_peft_model
+
+    from xtune.train.checkpoint import WEIGHTS_FILE, load_trainable
+
+    if not (adapter_dir / WEIGHTS_FILE).is_file():
+        return PeftModel.from_pretrained(model, adapter_dir)
+    config = PeftConfig.from_pretrained(adapter_dir)
+    config.inference_mode = False  # as in training, so that the trainable parameters are the ones the file holds
+    model = get_peft_model(model, config)
+    load_trainable(adapter_dir, model, "its adapter_config.json does not describe the adapter it holds")
+    model.requires_grad_(False)
+    return model
+
+
+def check_checkpoint_dir(path: Path) -> None:
+    """A training checkpoint (checkpoint-N) is usable as final/ is when it carries the files final/ has beside the
+    weights; say what to do with the ones that do not: sharded ones (FSDP2, DeepSpeed) and those of an older xtune."""
+    from xtune.train.checkpoint import STATE_FILE, WEIGHTS_FILE
+
+    if not (path / STATE_FILE).is_file():
+        return
+    fix = "use the run's final/, or `xtune train --resume` the run to its end, which writes final/"
+    if not (path / WEIGHTS_FILE).is_file():
+        raise ConfigError(f"{path} is a sharded checkpoint (FSDP2 or DeepSpeed), which only --resume reads; {fix}")
+    if not any((path / name).is_file() for name in ("adapter_config.json", "config.json")):
+        raise ConfigError(
+            f"{path} has no adapter_config.json or config.json (a LLaVA projector or full checkpoint, or one written "
+            f"by an older xtune), so it cannot be loaded on its own; {fix}"
+        )

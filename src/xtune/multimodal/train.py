@@ -10,6 +10,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from xtune.config.schema import Config
+from xtune.models.load import base_reference, resolve_base
 from xtune.multimodal.data import ImageCollator, map_fn_of
 from xtune.multimodal.model import (
     PROJECTOR_FILE,
@@ -55,12 +56,13 @@ class MultimodalRun:
     def collator(self, tokenizer: PreTrainedTokenizerBase) -> ImageCollator:
         return ImageCollator(self.image_processor, tokenizer.pad_token_id)
 
-    def save(self, model: torch.nn.Module, out: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    def save(self, model: torch.nn.Module, out: Path, tokenizer: PreTrainedTokenizerBase, weights: bool = True) -> None:
         """Stage 1 (frozen) writes the projector and where its base is; other methods the adapter or model (the
-        recipe does). Every output gets the processor files."""
-        if self.cfg.model.method == "frozen":
+        recipe does). Every output gets the processor files; a checkpoint (`weights` False) only them."""
+        if self.cfg.model.method == "frozen" and weights:
             save_projector(model, out)
-            (out / BASE_POINTER).write_text(json.dumps({"base_model": str(self.base_dir.resolve())}))
+            base = base_reference(self.base_dir.resolve(), out, self.work_dir)  # `out` is final/'s temporary sibling
+            (out / BASE_POINTER).write_text(json.dumps({"base_model": base}))
         save_processor(out, self.image_processor, tokenizer, self.config)
 
 
@@ -69,4 +71,4 @@ def is_projector_dir(path: Path) -> bool:
 
 
 def projector_base(path: Path) -> str:
-    return json.loads((path / BASE_POINTER).read_text())["base_model"]
+    return resolve_base(json.loads((path / BASE_POINTER).read_text())["base_model"], path)

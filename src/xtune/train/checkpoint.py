@@ -25,6 +25,7 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 SHARDED_TMP_RE = re.compile(r"^\.checkpoint-\d+\.tmp$")  # one name for every rank's writes, so no PID in it
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
+WEIGHTS_FILE = "trainable.safetensors"  # the trainable parameters by their names in the model (PEFT's for LoRA)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -53,13 +54,19 @@ def save_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     extra: dict,
     keep: int,
+    write_files: Callable[[Path], None] | None = None,
 ) -> Path:
+    """Write checkpoint-`step` in `work_dir` and keep the newest `keep`. `write_files(directory)` adds small files
+    (the tokenizer, adapter_config.json, ...) that make the checkpoint usable as final/ is; the manifest covers them."""
+
     def write(tmp: Path) -> None:
-        save_file(trainable_state(model), tmp / "trainable.safetensors")
+        save_file(trainable_state(model), tmp / WEIGHTS_FILE)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         save_file(rng_state(), tmp / "rng.safetensors")
         state = {"step": step, "scheduler": scheduler.state_dict(), **extra}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        if write_files is not None:
+            write_files(tmp)
         write_manifest(tmp)
 
     path = write_atomically(work_dir / f"checkpoint-{step}", write, needed_bytes=_checkpoint_bytes(work_dir))
@@ -99,6 +106,54 @@ def checkpoint_to_resume(work_dir: Path, resume: str | bool | None) -> tuple[Pat
     if problem := check_checkpoint(path):
         raise ConfigError(f"--resume {resume}: cannot resume from it: {problem}")
     return path, []
+
+
+# What a run writes into its work dir besides its checkpoints, as globs: `--overwrite` removes these and nothing
+# else, since a work dir may be a folder the user keeps other files in. base_model/ stays: it is rebuilt from the
+# config (or reused when the parts it was assembled from are the same), never trained.
+RUN_OUTPUTS = (
+    "final",
+    "metrics.jsonl",
+    "eval_outputs_step_*.txt",
+    "training_curve.png",
+    "tensorboard",
+    "train.log",
+    "xtune_config.yaml",
+    "deepspeed_config.json",
+)
+
+
+def previous_run(work_dir: Path) -> list[str]:
+    """What in `work_dir` a run trained: its checkpoints, final/ and metrics.jsonl (empty: no run to lose). A run that
+    stopped before its first step (bad input, a model that would not load) left nothing worth keeping."""
+    found = [p.name for p in list_checkpoints(work_dir)[-1:]]
+    found += [name for name in ("final", "metrics.jsonl") if (work_dir / name).exists()]
+    return found
+
+
+def check_no_previous_run(work_dir: Path, resume: str | bool | None, overwrite: bool) -> None:
+    """Refuse to train over an earlier run without --resume or --overwrite: training would replace its metrics,
+    its checkpoints one by one and its final/ without a word."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in the work dir and --overwrite replaces it; pass one of them")
+    if resume or overwrite or not (found := previous_run(work_dir)):
+        return
+    raise ConfigError(
+        f"{work_dir} already holds a run ({', '.join(found)}); pass --resume to continue it, --overwrite to replace "
+        "it, or --work-dir to train somewhere else"
+    )
+
+
+def remove_previous_run(work_dir: Path) -> list[str]:
+    """--overwrite: remove what an earlier run wrote (RUN_OUTPUTS), and nothing else; the names removed."""
+    removed = []
+    for path in [*list_checkpoints(work_dir), *(p for pattern in RUN_OUTPUTS for p in sorted(work_dir.glob(pattern)))]:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(path.name)
+    return removed
 
 
 def latest_resumable(work_dir: Path) -> tuple[Path | None, list[str]]:
@@ -178,21 +233,34 @@ def load_checkpoint(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> dict:
     """Restore everything save_checkpoint wrote; returns the trainer state (step, ...)."""
-    weights = load_file(path / "trainable.safetensors")
-    expected = {name for name, p in model.named_parameters() if p.requires_grad}
-    if set(weights) != expected:
-        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
-        raise ValueError(
-            f"{path}: checkpoint does not match this model/method (missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}); resume with the config that wrote it"
-        )
-    model.load_state_dict(weights, strict=False)
+    load_trainable(path, model, "resume with the config that wrote it")
     # weights_only: the optimizer file holds tensors and numbers only; never unpickle arbitrary objects.
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
     state = json.loads((path / STATE_FILE).read_text())
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(load_file(path / "rng.safetensors"))
     return state
+
+
+def load_trainable(path: Path, model: torch.nn.Module, fix: str) -> None:
+    """Load a checkpoint's trainable weights into `model`, whose trainable parameters must be exactly those saved."""
+    weights = load_file(path / WEIGHTS_FILE)
+    expected = {name for name, p in model.named_parameters() if p.requires_grad}
+    if set(weights) != expected:
+        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        raise ValueError(
+            f"{path}: checkpoint does not match this model/method (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}); {fix}"
+        )
+    model.load_state_dict(weights, strict=False)
+
+
+def write_weight_index(directory: Path, model: torch.nn.Module) -> None:
+    """A full fine-tune's checkpoint holds every parameter in WEIGHTS_FILE: an index that names that file for each
+    makes the checkpoint a model directory transformers loads as it is (with config.json), with no second copy."""
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    index = {"metadata": {}, "weight_map": dict.fromkeys(names, WEIGHTS_FILE)}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
 
 
 # ---------------------------------------------------------------------------------------------- FSDP2, DeepSpeed

@@ -9,6 +9,7 @@ directory at the end.
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import json
 import math
@@ -32,6 +33,7 @@ from xtune.io import write_atomically
 from xtune.models.attention import use_causal_chunked_attention
 from xtune.models.load import (
     attach_adapters,
+    base_reference,
     default_device,
     fit_embeddings,
     load_base_model,
@@ -41,15 +43,18 @@ from xtune.models.load import (
 from xtune.templates import ChatTemplate, config_template
 from xtune.train import deepspeed_engine
 from xtune.train.checkpoint import (
+    check_no_previous_run,
     checkpoint_to_resume,
     full_state_dict,
     load_checkpoint,
     load_sharded_checkpoint,
     read_fsdp_shards,
+    remove_previous_run,
     remove_stale_writes,
     save_checkpoint,
     save_sharded_checkpoint,
     write_fsdp_shards,
+    write_weight_index,
 )
 from xtune.train.distributed import all_reduce_sum, barrier, device_for, init_world, main_first, wrap
 from xtune.train.loss import CausalLMLoss, causal_lm, compile_decoder_layers, count_trained_tokens
@@ -141,7 +146,10 @@ class FinetuneRecipe:
         self.device = device_for(self.world) if self.world.distributed else device or default_device()
 
     # ------------------------------------------------------------------ setup
-    def setup(self, resume: str | bool | None = None) -> None:
+    def setup(self, resume: str | bool | None = None, overwrite: bool = False) -> None:
+        """Load everything a run needs. `resume` (--resume): continue from a checkpoint (see checkpoint_to_resume);
+        `overwrite` (--overwrite): remove an earlier run's outputs from the work dir first; with neither, a work dir
+        that holds a run is refused."""
         cfg, world = self.cfg, self.world
         if world.distributed and cfg.training.engine == "fsdp" and cfg.model.vision and cfg.model.method != "full":
             # Stage 1 writes its projector from the module itself, which FSDP2 leaves sharded; the LoRA stage with
@@ -154,6 +162,7 @@ class FinetuneRecipe:
         self.ds_config = deepspeed_engine.load_deepspeed_config(t) if t.engine == "deepspeed" else None
         self.zero3 = self.ds_config is not None and deepspeed_engine.zero_stage(self.ds_config) == 3
         # Before anything is written or loaded: a --resume that cannot be honoured costs nothing.
+        check_no_previous_run(self.work_dir, resume, overwrite)
         resume_from, skipped = checkpoint_to_resume(self.work_dir, resume)
         torch.manual_seed(cfg.training.seed)
         # A LLaVA config (model.vision): its model, image batches and outputs come from xtune.multimodal.
@@ -174,9 +183,13 @@ class FinetuneRecipe:
             self.data = build_training_data(cfg.data, self.tokenizer, self.template, cfg.training.seed, map_fn_of)
         # Only now, with tokenizer and data read: a run refused for bad input leaves no work dir behind.
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        # Also only now, so that a refused run leaves the earlier one whole; before train.log is opened again.
+        removed = remove_previous_run(self.work_dir) if overwrite and world.is_main else []
         self.console = Console(stderr=True)
         # Before the model loads and resume, so they are logged too; one log, written by rank 0.
         setup_logging(self.work_dir / "train.log" if world.is_main else None, self.console)
+        if removed:
+            logger.info(f"--overwrite: removed the earlier run's {', '.join(removed)}")
         for line in skipped:
             logger.warning(f"--resume: skipping {line}")
         if world.is_main:  # before this run writes anything; the other ranks write nothing until the model loads
@@ -192,6 +205,10 @@ class FinetuneRecipe:
             self.model = self._language_model(compute_dtype)
             pad_id, flat = self.tokenizer.pad_token_id, needs_flat_batches(self.model)
             self.collate = partial(collate, pad_token_id=pad_id, flatten=flat)
+        if hasattr(self.model, "peft_config"):  # adapter_config.json of final/ and each checkpoint-N/
+            for adapter in self.model.peft_config.values():
+                if base := adapter.base_model_name_or_path:  # the same for checkpoint-N/, a sibling of final/
+                    adapter.base_model_name_or_path = base_reference(base, self.work_dir / "final", self.work_dir)
         self.model.train()
         self.n_params = (  # counted before an engine partitions them
             sum(p.numel() for p in self.model.parameters() if p.requires_grad),
@@ -393,10 +410,41 @@ class FinetuneRecipe:
                 self.work_dir, self.step, write, self.scheduler, extra, keep, self.world.is_main
             )
         elif self.world.is_main:  # DDP replicas are identical: rank 0 writes
-            path = save_checkpoint(self.work_dir, self.step, self.model, self.optimizer, self.scheduler, extra, keep)
+            path = save_checkpoint(
+                self.work_dir,
+                self.step,
+                self.model,
+                self.optimizer,
+                self.scheduler,
+                extra,
+                keep,
+                write_files=self._write_checkpoint_files,
+            )
         else:
             return
         logger.info(f"saved {path}")
+
+    def _write_checkpoint_files(self, out: Path) -> None:
+        """What makes a checkpoint usable as final/ is (chat, convert merge, convert checkpoint), beside its
+        trainable.safetensors: small files only, never a second copy of the weights."""
+        if hasattr(self.model, "peft_config"):
+            for adapter in self.model.peft_config.values():
+                adapter = copy.copy(adapter)
+                adapter.inference_mode = True  # as PEFT writes it into final/
+                adapter.save_pretrained(out)
+        elif self.multimodal is None:  # a full fine-tune: the checkpoint holds every parameter
+            self.model.config.save_pretrained(out)
+            self.model.generation_config.save_pretrained(out)
+            write_weight_index(out, self.model)
+        self._write_tokenizer_and_config(out)
+        if self.multimodal and self.cfg.model.method != "frozen":
+            self.multimodal.save(self.model, out, self.tokenizer, weights=False)
+
+    def _write_tokenizer_and_config(self, out: Path) -> None:
+        """The tokenizer with the chat template used in training, and the resolved config."""
+        self.tokenizer.chat_template = self.template.to_jinja()
+        self.tokenizer.save_pretrained(out)
+        (out / CONFIG_FILE).write_text((self.work_dir / CONFIG_FILE).read_text())
 
     def evaluate(self) -> None:
         ev = self.cfg.evaluation
@@ -443,11 +491,9 @@ class FinetuneRecipe:
                 self.model.save_pretrained(tmp, save_embedding_layers=False, state_dict=gathered)
             else:
                 self.model.save_pretrained(tmp, state_dict=gathered)
-            self.tokenizer.chat_template = self.template.to_jinja()
-            self.tokenizer.save_pretrained(tmp)
+            self._write_tokenizer_and_config(tmp)
             if self.multimodal:
                 self.multimodal.save(self.model, tmp, self.tokenizer)
-            (tmp / CONFIG_FILE).write_text((self.work_dir / CONFIG_FILE).read_text())
 
         path = write_atomically(self.work_dir / "final", write)
         saved = {"full": "model", "frozen": "projector"}.get(self.cfg.model.method, "adapter")
