@@ -13,13 +13,17 @@ import sys
 import pytest
 import torch
 
-from xtune.train import recipe as recipe_module
+from xtune.train import cpu
+from xtune.train.recipe import FinetuneRecipe
 
 from .conftest import small_config
 
 PROBE = """
 import ctypes, resource, torch
-from xtune.train import recipe
+# A training process has everything the recipe imports loaded; in one that imported torch alone, the block came from
+# the heap with the setting but faulted every page in again each time (measured; the heap's earlier state matters).
+import xtune.train.recipe
+from xtune.train import cpu
 
 class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2, all size_t
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -27,7 +31,7 @@ class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2, all size_t
 
 libc = ctypes.CDLL(None)
 libc.mallinfo2.restype = MallInfo2
-applied = getattr(recipe, "{setting}")() if "{setting}" else False  # "": glibc's defaults
+applied = getattr(cpu, "{setting}")() if "{setting}" else False  # "": glibc's defaults
 
 def a_fresh_block():
     # Page faults while a block is allocated and filled, and the bytes glibc then holds in separate mappings.
@@ -93,9 +97,9 @@ def test_by_default_glibc_keeps_such_blocks_after_the_first():
 def test_cpu_training_applies_the_methods_setting(method, setting, cache_dir, tmp_path, monkeypatch):
     calls = []
     for name in ("keep_freed_memory_for_reuse", "return_freed_blocks_over_4_mib"):
-        monkeypatch.setattr(recipe_module, name, lambda name=name: calls.append(name) or False)
+        monkeypatch.setattr(cpu, name, lambda name=name: calls.append(name) or False)
     cfg = small_config(method, cache_dir, training={"max_steps": 1}, evaluation={"inputs": []})
-    recipe = recipe_module.FinetuneRecipe(cfg, tmp_path, device=torch.device("cpu"))
+    recipe = FinetuneRecipe(cfg, tmp_path, device=torch.device("cpu"))
     recipe.setup()
     assert not calls  # not while loading: what loading frees goes back to the system
     recipe.train()

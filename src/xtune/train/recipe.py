@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import ctypes
 import json
 import math
-import os
 import time
 from functools import partial
 from pathlib import Path
@@ -41,7 +39,7 @@ from xtune.models.load import (
     save_random_init,
 )
 from xtune.templates import ChatTemplate, config_template
-from xtune.train import deepspeed_engine
+from xtune.train import cpu, deepspeed_engine
 from xtune.train.checkpoint import (
     check_no_previous_run,
     checkpoint_to_resume,
@@ -75,67 +73,6 @@ def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
         return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
 
     return factor
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX512-BF16: bf16 matmuls several times faster than fp32 (5x measured on a Xeon with AMX)."""
-    try:
-        return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-    except AttributeError:  # private helpers; absent on other builds
-        return False
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
-
-
-def keep_freed_memory_for_reuse() -> bool:
-    """Have glibc keep freed blocks of up to 1 GiB in its heap instead of returning each one over 32 MiB to the
-    system. Training on CPU frees and reallocates the same large blocks every step (logits, the embedding's and
-    the head's gradients); returned, each comes back as a fresh mapping whose pages fault in on first touch (a
-    1280 x 32000 fp32 tensor: 41 ms to allocate and fill, 10 ms reused). 1.06x per step on the medium full
-    fine-tune (docs/benchmarks.md). True when applied (see set_glibc_malloc)."""
-    return set_glibc_malloc({M_MMAP_THRESHOLD: 1 << 30, M_TRIM_THRESHOLD: 2**31 - 1})
-
-
-def return_freed_blocks_over_4_mib() -> bool:
-    """Have glibc return every freed block over 4 MiB to the system, memory before speed, for QLoRA, which is
-    chosen for memory. By default glibc raises its mmap threshold to the size of each large block freed (up to
-    32 MiB), so the 4-32 MiB blocks of a step (dequantized weights, MLP activations) end up in a heap that
-    fragments: on a 1.1B model the training peak was 3.21 GiB with the default, 2.49 GiB with this, 1.97 GiB with
-    live tensors only, at 1.18x the step time (docs/benchmarks.md). True when applied (see set_glibc_malloc)."""
-    # glibc's default trim threshold, in case an earlier run in this process raised it
-    return set_glibc_malloc({M_MMAP_THRESHOLD: 4 << 20, M_TRIM_THRESHOLD: 128 << 10})
-
-
-def set_glibc_malloc(settings: dict[int, int]) -> bool:
-    """`mallopt` each (parameter, value). Process-wide, and left alone where the user tunes the allocator (any
-    MALLOC_* variable, glibc malloc tunables) or the C library is not glibc; True when applied."""
-    user_tuned = any(k.startswith("MALLOC_") for k in os.environ) or "malloc" in os.environ.get("GLIBC_TUNABLES", "")
-    if user_tuned or not _glibc():
-        return False
-    libc = ctypes.CDLL(None)
-    return all(libc.mallopt(parameter, value) for parameter, value in settings.items())
-
-
-def _glibc() -> bool:
-    try:
-        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
-    except (ValueError, OSError, AttributeError):  # not Linux, or not glibc
-        return False
-
-
-def autocast_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """bf16 on a GPU that has it, and on CPUs with AMX/AVX512-BF16, where it is faster than fp32; None: fp32."""
-    if mode == "auto":
-        on_gpu = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        on_cpu = device.type == "cpu" and cpu_has_fast_bf16()
-        mode = "bf16" if on_gpu or on_cpu else "fp32"
-    return torch.bfloat16 if mode == "bf16" else None
-
-
-def autocast_context(mode: str, device: torch.device):
-    dtype = autocast_dtype(mode, device)
-    return torch.autocast(device_type=device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 class FinetuneRecipe:
@@ -197,7 +134,7 @@ class FinetuneRecipe:
                 logger.info(f"a killed run's leftovers: {line}")
             config_text = yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True)
             (self.work_dir / CONFIG_FILE).write_text(config_text)
-        compute_dtype = autocast_dtype(t.mixed_precision, self.device)  # QLoRA's 4-bit layers compute in it
+        compute_dtype = cpu.autocast_dtype(t.mixed_precision, self.device)  # QLoRA's 4-bit layers compute in it
         if self.multimodal:
             self.model = self.multimodal.model(self.tokenizer, self.device, world, compute_dtype)
             self.collate = self.multimodal.collator(self.tokenizer)
@@ -308,18 +245,11 @@ class FinetuneRecipe:
             f"model: {cfg.model.method}, {trainable:,} trainable of {total:,} parameters; "
             f"{self.total_steps} steps of {t.batch_size} x {t.gradient_accumulation} rows on {self.device}"
         )
-        # From here, not before loading: what loading frees (a checkpoint's fp32 tensors that a dtype cast replaced)
-        # goes back to the system instead of staying in the heap.
-        if self.device.type == "cpu":
-            if cfg.model.method == "qlora":  # chosen for memory
-                applied, what = return_freed_blocks_over_4_mib(), "returns freed blocks over 4 MiB to the system"
-            else:
-                applied, what = keep_freed_memory_for_reuse(), "keeps freed blocks up to 1 GiB for reuse"
-            if applied:
-                logger.info(f"glibc {what} (set any MALLOC_* variable to opt out)")
+        if self.device.type == "cpu" and (what := cpu.tune_malloc_for(cfg.model.method)):
+            logger.info(f"glibc {what} (set any MALLOC_* variable to opt out)")
         world = self.world
         batches = self.micro_batches(self.step * self.micro_batches_per_step)
-        autocast = autocast_context(t.mixed_precision, self.device)
+        autocast = cpu.autocast_context(t.mixed_precision, self.device)
         run_log = RunLog(self.work_dir, self.total_steps, self.step, self.console) if world.is_main else None
         with run_log or contextlib.nullcontext():
             if self.step == 0:
