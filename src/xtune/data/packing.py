@@ -104,8 +104,9 @@ def needs_flat_batches(model: torch.nn.Module) -> bool:
 
 
 def group_lengths(rows: Sequence[Row]) -> list[int]:
-    """The lengths group_by_length sorts by. Where some rows have images, text-only rows count negative (LLaVA's
-    "modality length"): sorted longest first, image rows and text rows then fall into separate batches."""
+    """The lengths group_by_length sorts by. Where some rows have images, text-only rows count negative (the
+    "modality length" of image-text training): sorted longest first, image rows and text rows then fall into separate
+    batches."""
     if not any(r.images for r in rows):
         return [len(r) for r in rows]
     return [len(r) if r.images else -len(r) for r in rows]

@@ -30,14 +30,24 @@ def count_trained_tokens(labels: torch.Tensor) -> int:
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
+def hidden_states(lm: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The last hidden states of the CausalLM's base model (all but the head) on every input of `batch` but its
+    labels: inputs a task adds (images, ...) reach the model as they are; the caller runs the head where it needs."""
+    inputs = {name: value for name, value in batch.items() if name != "labels"}
+    return lm.base_model(**inputs, use_cache=False).last_hidden_state
+
+
 def head_loss(
     head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None
 ) -> torch.Tensor:
     """Summed cross-entropy of the output head on some positions' hidden states (logits in fp32)."""
+    return F.cross_entropy(head_logits(head, hidden, softcap), targets, reduction="sum")
+
+
+def head_logits(head: torch.nn.Module, hidden: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """The output head's logits in fp32, soft-capped where the model caps them (Gemma 2)."""
     logits = head(hidden).float()
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return F.cross_entropy(logits, targets, reduction="sum")
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
 
 
 def loss_sum(
@@ -46,11 +56,7 @@ def loss_sum(
     """Sum of next-token cross-entropy over every trained position of the batch (fp32). `head_loss_fn`: head_loss
     or its compiled twin (training.compile)."""
     lm = causal_lm(model)
-    inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
-    if batch.get("pixel_values") is not None:  # LLaVA: the image features take the image tokens' places
-        hidden = lm.model(pixel_values=batch["pixel_values"], **inputs).last_hidden_state
-    else:
-        hidden = lm.get_decoder()(**inputs).last_hidden_state
+    hidden = hidden_states(lm, batch)
     targets = batch["labels"][:, 1:].reshape(-1)
     positions = (targets != IGNORE_INDEX).nonzero().squeeze(1)
     n_trained = positions.numel()
@@ -87,24 +93,3 @@ def compile_decoder_layers(model: torch.nn.Module) -> None:
         )
     for layer in layers:
         layer.compile()
-
-
-class CausalLMLoss(torch.nn.Module):
-    """The model with `loss_sum` as its forward: data-parallel engines (DDP, FSDP2) hook a module's forward,
-    so the loss is computed inside the module they wrap."""
-
-    def __init__(self, model: torch.nn.Module, compile: bool = False):
-        super().__init__()
-        self.model = model
-        # Compiled, the head's matmul, the fp32 cast and the cross-entropy run as fused kernels.
-        self.head_loss = torch.compile(head_loss) if compile else head_loss
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        labels: torch.Tensor,
-        position_ids: torch.Tensor,
-        pixel_values: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "pixel_values": pixel_values}
-        return loss_sum(self.model, batch, self.head_loss)

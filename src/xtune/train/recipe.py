@@ -55,8 +55,9 @@ from xtune.train.checkpoint import (
     write_weight_index,
 )
 from xtune.train.distributed import all_reduce_sum, barrier, device_for, init_world, main_first, wrap
-from xtune.train.loss import CausalLMLoss, causal_lm, compile_decoder_layers, count_trained_tokens
+from xtune.train.loss import causal_lm, compile_decoder_layers
 from xtune.train.metrics import RunLog, logger, setup_logging
+from xtune.train.objectives import OBJECTIVES, ObjectiveLoss
 
 CONFIG_FILE = "xtune_config.yaml"
 
@@ -159,7 +160,8 @@ class FinetuneRecipe:
             compile_decoder_layers(self.model)
             if self.device.type == "cpu" and cfg.model.attn_implementation == "auto":
                 use_causal_chunked_attention(causal_lm(self.model).get_decoder().config)
-        self.loss_module = CausalLMLoss(self.model, compile=t.compile)
+        self.objective = OBJECTIVES["sft"](compile=t.compile)
+        self.loss_module = ObjectiveLoss(self.model, self.objective)
         if self.ds_config is None:
             self.loss_module = wrap(self.loss_module, t.engine, world)
 
@@ -261,14 +263,15 @@ class FinetuneRecipe:
                     batch, n_real = next(batches)
                     window.append({k: v.to(self.device) for k, v in batch.items()})
                     real_tokens += n_real
-                # The loss is the mean over every trained token of the global window (all micro-batches of all
-                # ranks), not a mean of micro-batch means; engines average gradients over ranks, hence * size.
-                n_trained = all_reduce_sum(sum(count_trained_tokens(mb["labels"]) for mb in window), world)
+                # The loss is the objective's sum over the global window (all micro-batches of all ranks) divided by
+                # its global count, not a mean of micro-batch means; engines average gradients over ranks, hence
+                # * size.
+                count = all_reduce_sum(sum(self.objective.count(mb) for mb in window), world)
                 window_loss = 0.0
                 for mb in window:
                     with autocast:
                         loss = self.loss_module(**mb)
-                    self._backward(loss * world.size / max(n_trained, 1))
+                    self._backward(loss * world.size / max(count, 1))
                     window_loss += loss.item()
                 window_loss = all_reduce_sum(window_loss, world)
                 real_tokens = all_reduce_sum(real_tokens, world)
@@ -278,14 +281,9 @@ class FinetuneRecipe:
                 self.step += 1
 
                 elapsed = time.perf_counter() - started
-                record = {
-                    "step": self.step,
-                    "loss": window_loss / max(n_trained, 1),
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "trained_tokens": n_trained,
-                    "tokens_per_s": real_tokens / elapsed,
-                }
+                metrics = self.objective.metrics(window_loss, count)
+                record = {"step": self.step, **metrics, "lr": lr, "grad_norm": grad_norm}
+                record["tokens_per_s"] = real_tokens / elapsed
                 if run_log is not None:
                     run_log.step(record, show=self.step % t.log_every == 0 or self.step == self.total_steps)
                 if self.step % cfg.evaluation.freq == 0 and self.step < self.total_steps:
@@ -407,7 +405,7 @@ class FinetuneRecipe:
         elif self.zero3:
             gathered = deepspeed_engine.consolidated_state_dict(self.deepspeed, trainable_only=self.adapter_only)
         if gathered is not None:
-            gathered = {k.removeprefix("model."): v for k, v in gathered.items()}  # CausalLMLoss.model
+            gathered = {k.removeprefix("model."): v for k, v in gathered.items()}  # ObjectiveLoss.model
         if not self.world.is_main:
             barrier(self.world)
             return self.work_dir / "final"
