@@ -338,10 +338,10 @@ def sandbox(tmp_path, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("a bad-input case loaded a model")
 
-    import xtune.train.recipe
+    import xtune.train.task
 
-    monkeypatch.setattr(xtune.train.recipe, "load_base_model", no_model)
-    monkeypatch.setattr(xtune.train.recipe, "save_random_init", no_model)
+    monkeypatch.setattr(xtune.train.task, "load_base_model", no_model)
+    monkeypatch.setattr(xtune.train.task, "save_random_init", no_model)
     return tmp_path
 
 

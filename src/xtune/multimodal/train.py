@@ -1,15 +1,15 @@
-"""The recipe's multimodal hooks: the model to train, how batches get their images, and what is saved."""
+"""LLaVA as a training task: the model to train, how batches get their images, and what is saved."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from xtune.config.schema import Config
+from xtune.errors import ConfigError
 from xtune.models.load import base_reference, resolve_base
 from xtune.multimodal.data import ImageCollator, map_fn_of
 from xtune.multimodal.model import (
@@ -18,52 +18,80 @@ from xtune.multimodal.model import (
     image_processor,
     image_token_count,
     load_llava,
+    multimodal_tokenizer,
     prepare_for_training,
     save_processor,
     save_projector,
 )
 from xtune.train.distributed import World, main_first
+from xtune.train.task import TextTask, write_adapter_configs
 
 BASE_POINTER = "xtune_llava.json"  # in a stage-1 output: the base model its projector belongs to
 
 
-@dataclass
-class MultimodalRun:
-    cfg: Config
-    work_dir: Path
+class LlavaTask(TextTask):
+    """A LLaVA model (vision tower, projector, LLM) on image-text rows. Batches carry `pixel_values`, which the
+    recipe hands to the model with the rest of the batch."""
 
-    def __post_init__(self) -> None:
-        vision = self.cfg.model.vision
+    def __init__(self, cfg: Config, work_dir: Path, world: World):
+        if world.distributed and cfg.training.engine == "fsdp" and cfg.model.method != "full":
+            # Stage 1 writes its projector from the module itself, which FSDP2 leaves sharded; the LoRA stage with
+            # a vision tower has not been checked against one process.
+            raise ConfigError(
+                f"--fsdp does not support LLaVA's {cfg.model.method} stage yet; train it on several processes with "
+                "the default DDP engine or --deepspeed"
+            )
+        super().__init__(cfg, work_dir, world)
+        vision = cfg.model.vision
         self.image_tokens = image_token_count(vision)
-        self.image_processor = image_processor(vision, self.cfg.data.pad_image_to_square)
-        self.base_dir = self.work_dir / "base_model"
-        self.map_fn_of = map_fn_of(self.cfg, self.image_tokens)
+        self.image_processor = image_processor(vision, cfg.data.pad_image_to_square)
+        self.base_dir = work_dir / "base_model"
+        self.map_fn_of = map_fn_of(cfg, self.image_tokens)
+
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return multimodal_tokenizer(self.cfg.model)
 
     def model(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        device: torch.device,
-        world: World,
-        compute_dtype: torch.dtype | None = None,
+        self, tokenizer: PreTrainedTokenizerBase, device: torch.device, compute_dtype: torch.dtype | None
     ) -> torch.nn.Module:
-        with main_first(world):
-            if world.is_main:
+        with main_first(self.world):
+            if self.world.is_main:
                 build_base(self.cfg.model, tokenizer, self.base_dir, self.cfg.training.seed)
         llava = load_llava(self.base_dir.resolve(), self.cfg.model, device, compute_dtype)
         self.config = llava.config
         return prepare_for_training(llava, self.cfg.model)
 
-    def collator(self, tokenizer: PreTrainedTokenizerBase) -> ImageCollator:
+    def collator(self, tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module) -> ImageCollator:
         return ImageCollator(self.image_processor, tokenizer.pad_token_id)
 
-    def save(self, model: torch.nn.Module, out: Path, tokenizer: PreTrainedTokenizerBase, weights: bool = True) -> None:
-        """Stage 1 (frozen) writes the projector and where its base is; other methods the adapter or model (the
-        recipe does). Every output gets the processor files; a checkpoint (`weights` False) only them."""
-        if self.cfg.model.method == "frozen" and weights:
+    def write_checkpoint_files(self, model: torch.nn.Module, out: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+        # A full fine-tune's checkpoint holds the weights but is not a LLaVA directory; stage 1 needs no files
+        write_adapter_configs(model, out)
+        if self.cfg.model.method != "frozen":
+            save_processor(out, self.image_processor, tokenizer, self.config)
+
+    def save(
+        self,
+        model: torch.nn.Module,
+        out: Path,
+        tokenizer: PreTrainedTokenizerBase,
+        state_dict: dict[str, torch.Tensor] | None,
+    ) -> str:
+        """Stage 1 (frozen) writes the projector and where its base is; other methods the adapter or model. Every
+        output gets the processor files."""
+        if self.cfg.model.method == "frozen":
             save_projector(model, out)
             base = base_reference(self.base_dir.resolve(), out, self.work_dir)  # `out` is final/'s temporary sibling
             (out / BASE_POINTER).write_text(json.dumps({"base_model": base}))
+            saved = "projector"
+        else:
+            saved = super().save(model, out, tokenizer, state_dict)
         save_processor(out, self.image_processor, tokenizer, self.config)
+        return saved
+
+
+def vision_task(cfg: Config, work_dir: Path, world: World) -> LlavaTask:
+    return LlavaTask(cfg, work_dir, world)
 
 
 def is_projector_dir(path: Path) -> bool:
