@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from xtune.data.encode import IGNORE_INDEX
-from xtune.train.recipe import cpu_has_fast_bf16
+from xtune.train.cpu import cpu_has_fast_bf16
 
 WORKLOADS = {
     # name: model dims, records, length range, max length, batch (samples per step for the baseline)
