@@ -249,8 +249,8 @@ class FinetuneRecipe:
     def _write_checkpoint_files(self, out: Path) -> None:
         """What makes a checkpoint usable as final/ is (chat, convert merge, convert checkpoint), beside its
         trainable.safetensors: small files only, never a second copy of the weights."""
+        self._write_tokenizer_and_config(out)  # first: a task's processor files save the tokenizer as it is now
         self.task.write_checkpoint_files(self.model, out, self.tokenizer)
-        self._write_tokenizer_and_config(out)
 
     def _write_tokenizer_and_config(self, out: Path) -> None:
         """The tokenizer with the chat template used in training, and the resolved config."""
@@ -289,7 +289,7 @@ class FinetuneRecipe:
 
         def write(tmp: Path) -> None:
             nonlocal saved
-            self._write_tokenizer_and_config(tmp)
+            self._write_tokenizer_and_config(tmp)  # first, as for checkpoints
             saved = self.task.save(self.model, tmp, self.tokenizer, gathered)
 
         path = write_atomically(self.work_dir / "final", write)
