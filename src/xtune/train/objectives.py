@@ -6,11 +6,22 @@ every trained token. Preference objectives build on token_logps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 
 from xtune.data.encode import IGNORE_INDEX
 from xtune.train.loss import causal_lm, count_trained_tokens, head_logits, head_loss, hidden_states, loss_sum
+
+
+class Objective(Protocol):
+    def count(self, batch: dict[str, torch.Tensor]) -> int: ...
+
+    def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def metrics(self, loss_sum: float, count: float) -> dict[str, float]: ...
 
 
 class SFT:
@@ -32,14 +43,14 @@ class SFT:
         return {"loss": loss_sum / max(count, 1), "trained_tokens": count}
 
 
-OBJECTIVES = {"sft": SFT}
+OBJECTIVES: dict[str, Callable[..., Objective]] = {"sft": SFT}  # preference objectives join here
 
 
 class ObjectiveLoss(torch.nn.Module):
     """The model with the objective's loss sum as its forward: data-parallel engines (DDP, FSDP2, DeepSpeed) hook a
     module's forward, so the loss is computed inside the module they wrap."""
 
-    def __init__(self, model: torch.nn.Module, objective: SFT):
+    def __init__(self, model: torch.nn.Module, objective: Objective):
         super().__init__()
         self.model = model
         self.objective = objective
