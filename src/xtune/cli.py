@@ -152,6 +152,7 @@ def cmd_log_dataset(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from xtune.config import resolve_config
+    from xtune.multimodal.train import task_for
     from xtune.train.distributed import shutdown
     from xtune.train.recipe import FinetuneRecipe
 
@@ -173,7 +174,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     work_dir = Path(args.work_dir or cfg.work_dir or Path("work_dirs") / name)
     source = "--work-dir" if args.work_dir else "work_dir" if cfg.work_dir else "the work dir"
     _check_directory(work_dir, source, "choose another directory with --work-dir DIR")
-    recipe = FinetuneRecipe(cfg, work_dir)
+    recipe = FinetuneRecipe(cfg, work_dir, task=task_for(cfg))
     recipe.setup(resume=args.resume, overwrite=args.overwrite)
     out = recipe.train()
     is_main = recipe.world.is_main

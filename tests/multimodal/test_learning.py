@@ -24,6 +24,7 @@ from xtune.config.schema import validate_config
 from xtune.multimodal.chat import image_session
 from xtune.multimodal.data import load_image
 from xtune.multimodal.shapes import QUESTIONS, write_dataset
+from xtune.multimodal.train import task_for
 from xtune.templates import get_template
 from xtune.train.recipe import FinetuneRecipe
 
@@ -34,7 +35,8 @@ def train(stage: str, root: Path, data: Path, **model) -> FinetuneRecipe:
         dataset.update(path=str(data / Path(dataset["path"]).name), image_folder=str(data))
     raw["data"]["cache_dir"] = str(root / "cache")
     raw["model"]["vision"].update(model)
-    recipe = FinetuneRecipe(validate_config(raw), root / stage, device=torch.device("cpu"))
+    cfg = validate_config(raw)
+    recipe = FinetuneRecipe(cfg, root / stage, device=torch.device("cpu"), task=task_for(cfg))
     recipe.setup()
     recipe.final = recipe.train()
     return recipe

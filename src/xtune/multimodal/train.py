@@ -90,8 +90,9 @@ class LlavaTask(TextTask):
         return saved
 
 
-def vision_task(cfg: Config, work_dir: Path, world: World) -> LlavaTask:
-    return LlavaTask(cfg, work_dir, world)
+def task_for(cfg: Config) -> type[TextTask]:
+    """The task that trains `cfg`: images beside the text (model.vision) are LlavaTask's, text TextTask's."""
+    return LlavaTask if cfg.model.vision is not None else TextTask
 
 
 def is_projector_dir(path: Path) -> bool:

@@ -35,7 +35,7 @@ from xtune.train.engines import build_engine
 from xtune.train.loss import causal_lm, compile_decoder_layers
 from xtune.train.metrics import RunLog, logger, setup_logging
 from xtune.train.objectives import OBJECTIVES, ObjectiveLoss
-from xtune.train.task import build_task, point_adapters_at_base
+from xtune.train.task import TextTask, point_adapters_at_base
 
 CONFIG_FILE = "xtune_config.yaml"
 
@@ -55,9 +55,12 @@ def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
 
 
 class FinetuneRecipe:
-    def __init__(self, cfg: Config, work_dir: Path, device: torch.device | None = None):
+    def __init__(
+        self, cfg: Config, work_dir: Path, device: torch.device | None = None, task: type[TextTask] = TextTask
+    ):
         self.cfg = cfg.model_copy(deep=True)  # setup records resolved choices in it
         self.work_dir = Path(work_dir)
+        self.task_type = task
         self.world = init_world()
         self.device = device_for(self.world) if self.world.distributed else device or default_device()
 
@@ -68,7 +71,7 @@ class FinetuneRecipe:
         that holds a run is refused."""
         cfg = self.cfg
         # Before anything is written or loaded: a config, engine or --resume that cannot be honoured costs nothing.
-        self.task = build_task(cfg, self.work_dir, self.world)
+        self.task = self.task_type(cfg, self.work_dir, self.world)
         self.engine = build_engine(cfg.training, self.world, trainable_only=cfg.model.method != "full")
         self.objective = OBJECTIVES["sft"](compile=cfg.training.compile)
         check_no_previous_run(self.work_dir, resume, overwrite)

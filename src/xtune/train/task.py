@@ -1,7 +1,7 @@
 """Tasks: what a batch is and how the model is built and saved. TextTask trains a language model on text; a task
-with images beside the text lives in xtune.multimodal and plugs in here (build_task). The recipe runs either the
-same way: a batch is a dict of tensors whose `labels` say what is trained, and every other entry goes to the
-model as it is."""
+with images beside the text lives in xtune.multimodal, a layer above this one, and is handed to the recipe by its
+caller (xtune.multimodal.train.task_for). The recipe runs either the same way: a batch is a dict of tensors whose
+`labels` say what is trained, and every other entry goes to the model as it is."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from xtune.config.schema import Config, DatasetSettings
 from xtune.data.formats import MapFn
 from xtune.data.packing import Row, collate, needs_flat_batches
+from xtune.errors import ConfigError
 from xtune.models.load import (
     attach_adapters,
     base_reference,
@@ -35,6 +36,11 @@ class TextTask:
     map_fn_of: Callable[[DatasetSettings], MapFn] | None = None
 
     def __init__(self, cfg: Config, work_dir: Path, world: World):
+        if cfg.model.vision is not None and type(self) is TextTask:
+            raise ConfigError(
+                "model.vision is set: the config trains on images too, which xtune.multimodal's task does; "
+                "`xtune train` chooses it (in Python: FinetuneRecipe(cfg, work_dir, task=task_for(cfg)))"
+            )
         self.cfg, self.work_dir, self.world = cfg, work_dir, world
 
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -106,12 +112,3 @@ def write_adapter_configs(model: torch.nn.Module, out: Path) -> bool:
         adapter.inference_mode = True
         adapter.save_pretrained(out)
     return True
-
-
-def build_task(cfg: Config, work_dir: Path, world: World) -> TextTask:
-    """The task the config describes: images beside the text (model.vision) are xtune.multimodal's."""
-    if cfg.model.vision is not None:
-        from xtune.multimodal.train import vision_task
-
-        return vision_task(cfg, work_dir, world)
-    return TextTask(cfg, work_dir, world)
