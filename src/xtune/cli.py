@@ -115,16 +115,16 @@ def cmd_list_dataset_format(args: argparse.Namespace) -> None:
     print(textwrap.fill(own, width))
 
 
-def _config_and_tokenizer(args: argparse.Namespace):
+def _dataset_task(args: argparse.Namespace):
+    """The config, and the task that training would run it with: the same tokenizer (its added special tokens, a
+    LLaVA's image token) and map functions as training, so that check-dataset and log-dataset see what it sees."""
     from xtune.config import resolve_config
-    from xtune.models import load_tokenizer
+    from xtune.multimodal.train import task_for
+    from xtune.train.distributed import World
 
     cfg, _ = resolve_config(args.config, args.set or [])
-    if cfg.model.vision is not None:  # with the image token
-        from xtune.multimodal.model import multimodal_tokenizer
-
-        return cfg, multimodal_tokenizer(cfg.model)
-    return cfg, load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+    task = task_for(cfg)(cfg, Path(), World())  # no work dir: a preview writes nothing
+    return cfg, task.tokenizer(), task
 
 
 def cmd_check_dataset(args: argparse.Namespace) -> None:
@@ -132,7 +132,8 @@ def cmd_check_dataset(args: argparse.Namespace) -> None:
 
     from xtune.data.preview import check_dataset
 
-    errors = check_dataset(*_config_and_tokenizer(args), Console())
+    cfg, tokenizer, task = _dataset_task(args)
+    errors = check_dataset(cfg, tokenizer, Console(), map_fn_of=task.map_fn_of)
     if errors:
         raise XtuneError(f"{errors} problem(s) that stop training; see the lines starting with 'error:' above")
 
@@ -144,9 +145,17 @@ def cmd_log_dataset(args: argparse.Namespace) -> None:
 
     if args.count < 1:
         raise XtuneError(f"--count {args.count}: show at least 1 sample")
-    cfg, tokenizer = _config_and_tokenizer(args)
+    cfg, tokenizer, task = _dataset_task(args)
     log_dataset(
-        cfg, tokenizer, Console(), show=args.show, index=args.index, count=args.count, as_json=args.format == "json"
+        cfg,
+        tokenizer,
+        Console(),
+        show=args.show,
+        index=args.index,
+        count=args.count,
+        as_json=args.format == "json",
+        map_fn_of=task.map_fn_of,
+        describe=task.describe_sample,
     )
 
 

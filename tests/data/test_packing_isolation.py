@@ -11,7 +11,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from xtune.data.encode import IGNORE_INDEX, EncodedSample
 from xtune.data.packing import collate, pack, single_rows
-from xtune.train.loss import causal_lm, loss_sum
+from xtune.models.load import causal_lm
+from xtune.train.loss import loss_sum
 
 
 def tiny_llama(attn: str = "sdpa") -> LlamaForCausalLM:

@@ -16,8 +16,8 @@ from xtune.data.dataset import build_training_data
 from xtune.data.encode import IGNORE_INDEX
 from xtune.data.packing import Row, epoch_batches, group_lengths
 from xtune.errors import DataError
+from xtune.models.llava import image_processor, image_token_count, multimodal_tokenizer
 from xtune.multimodal.data import BAD_IMAGE, IMAGE_TOKEN, ImageCollator, map_fn_of
-from xtune.multimodal.model import image_processor, image_token_count, multimodal_tokenizer
 from xtune.templates import get_template
 
 VISION = {"path": "builtin:tiny-clip", "random_init": True}
@@ -179,8 +179,13 @@ def test_log_dataset_shows_where_the_image_tokens_sit(folder, tokenizer):
 
     from xtune.data.preview import log_dataset
 
+    from xtune.multimodal.train import LlavaTask
+    from xtune.train.distributed import World
+
+    cfg = config(folder, [record("a", "red.png")])
+    task = LlavaTask(cfg, folder, World())
     console = Console(record=True, width=200)
-    log_dataset(config(folder, [record("a", "red.png")]), tokenizer, console)
+    log_dataset(cfg, tokenizer, console, map_fn_of=task.map_fn_of, describe=task.describe_sample)
     out = console.export_text()
     assert f"images: {folder / 'red.png'}; {TOKENS} image tokens at " in out
     assert f"<|im_start|>user\n<image>x{TOKENS}\nWhat colour?" in out

@@ -10,7 +10,7 @@ import torch
 
 from xtune.config.schema import ModelSettings
 from xtune.errors import ConfigError
-from xtune.multimodal.model import build_base, load_llava, load_projector, multimodal_tokenizer, prepare_for_training
+from xtune.models.llava import build_base, load_llava, load_projector, multimodal_tokenizer, prepare_for_training
 
 VISION = {"path": "builtin:tiny-clip", "random_init": True}
 

@@ -20,8 +20,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from xtune.cli import main
+from xtune.models.checkpoint_files import WEIGHTS_FILE
 from xtune.models.load import adapter_base_path, load_for_inference
-from xtune.train.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, check_checkpoint
+from xtune.train.checkpoint import MANIFEST_FILE, check_checkpoint
 from xtune.train.recipe import FinetuneRecipe
 
 from .conftest import logits, small_config

@@ -21,11 +21,11 @@ from xtune.chat.tools import (
     build_registry,
     is_user_tool,
 )
+from xtune.config.schema import CONFIG_FILE
 from xtune.errors import XtuneError
 from xtune.io import user_cache_dir
 from xtune.templates import resolve_template
 from xtune.templates.tool_calls import ToolCall
-from xtune.train.recipe import CONFIG_FILE
 
 HELP = "Type a message. RESET clears the history, EXIT quits."
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from xtune.models.load import causal_lm
+
 
 @dataclass
 class GenerationSettings:
@@ -49,8 +51,6 @@ def generate(
     device = next(model.parameters()).device
     ids = torch.tensor([input_ids], device=device)
     # transformers 5 renamed past_key_values to cache; accept either so any 5.x release works.
-    from xtune.train.loss import causal_lm
-
     cache_arg = "cache" if "cache" in inspect.signature(causal_lm(model).forward).parameters else "past_key_values"
     cache, new_ids, emitted = None, [], 0
     text = ""

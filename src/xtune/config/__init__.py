@@ -6,9 +6,17 @@ import difflib
 from pathlib import Path
 
 from xtune.config.presets import PRESETS, get_preset, list_presets
-from xtune.config.schema import Config, ConfigError, apply_override, config_yaml, load_config, validate_config
+from xtune.config.schema import (
+    CONFIG_FILE,
+    Config,
+    ConfigError,
+    apply_override,
+    config_yaml,
+    load_config,
+    validate_config,
+)
 
-__all__ = ["Config", "ConfigError", "resolve_config", "list_presets", "get_preset", "preset_yaml"]
+__all__ = ["CONFIG_FILE", "Config", "ConfigError", "resolve_config", "list_presets", "get_preset", "preset_yaml"]
 
 
 def resolve_config(name_or_path: str, overrides: list[str] = ()) -> tuple[Config, str]:

@@ -194,6 +194,9 @@ class EvaluationSettings(_Section):
     list_tools: bool = Field(True, description="List the tools in the prompt; false for a model trained without it.")
 
 
+CONFIG_FILE = "xtune_config.yaml"  # the resolved config, in a work dir and in each output that training writes
+
+
 class Config(_Section):
     model: ModelSettings = Field(description="The model to fine-tune, and how.")
     data: DataSettings = Field(description="What to train on, and how samples become tokens.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Callable, Sequence
 from itertools import groupby, islice
 
 from rich.console import Console
@@ -13,9 +14,10 @@ from rich.text import Text
 from transformers import PreTrainedTokenizerBase
 
 from xtune.assets import resolve_path
-from xtune.config.schema import Config
+from xtune.config.schema import Config, DatasetSettings
 from xtune.data.dataset import BadRecord, encode_records, nothing_to_train_error, untrained_reason
 from xtune.data.encode import IGNORE_INDEX, EncodedSample
+from xtune.data.formats import MapFn
 from xtune.data.loading import record_locator
 from xtune.errors import DataError
 from xtune.templates import config_template
@@ -52,24 +54,19 @@ class GroupedProblems:
                 console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
-def dataset_map_fns(cfg: Config):
-    """Each dataset's map function: image formats need the vision settings (xtune.multimodal); None: its format."""
-    if cfg.model.vision is None:
-        return lambda dataset: None
-    from xtune.multimodal.data import map_fn_of
-    from xtune.multimodal.model import image_token_count
-
-    return map_fn_of(cfg, image_token_count(cfg.model.vision))
-
-
-def check_dataset(cfg: Config, tokenizer: PreTrainedTokenizerBase, console: Console) -> int:
+def check_dataset(
+    cfg: Config,
+    tokenizer: PreTrainedTokenizerBase,
+    console: Console,
+    map_fn_of: Callable[[DatasetSettings], MapFn | None] | None = None,
+) -> int:
     """Read every record of every dataset; report counts, lengths, truncation, every bad record and every record
     training would skip, with file:line (grouped when many share one problem). Returns the number of problems
     that stop training: bad records, and datasets none of whose records trains anything (the command's exit
     status is non-zero when there are any)."""
     total_errors = 0
     template = config_template(cfg, tokenizer)
-    map_fn_of = dataset_map_fns(cfg)
+    map_fn_of = map_fn_of or (lambda dataset: None)  # each format's own; a task may need its settings in them
     for dataset in cfg.data.datasets:
         errors, skipped = GroupedProblems(), GroupedProblems()
         lengths, truncated, dropped = [], 0, Counter()
@@ -130,10 +127,14 @@ def log_dataset(
     index: int | None = None,
     count: int = 1,
     as_json: bool = False,
+    map_fn_of: Callable[[DatasetSettings], MapFn | None] | None = None,
+    describe: Callable[[Sequence[int], PreTrainedTokenizerBase], str] | None = None,
 ) -> None:
-    """Print encoded samples: text, the text with trained spans highlighted, ids and/or labels."""
+    """Print encoded samples: text, the text with trained spans highlighted, ids and/or labels. `map_fn_of` and
+    `describe` come from the task (xtune.train.task): a dataset's map function, and a line about a sample's
+    non-text inputs (where its images go)."""
     dataset = cfg.data.datasets[0]
-    map_fn = dataset_map_fns(cfg)(dataset)
+    map_fn = map_fn_of(dataset) if map_fn_of else None
     skipped: dict[int, str] = {}  # record index -> why training skips it: there is nothing to show
     samples = encode_records(
         dataset,
@@ -165,10 +166,8 @@ def log_dataset(
             f"{dataset.path} record {record_index}: {len(sample.input_ids)} tokens, "
             f"{sum(label != IGNORE_INDEX for label in sample.labels)} trained"
         )
-        if sample.images:  # where the image features will replace the image tokens
-            from xtune.multimodal.data import describe_image_tokens
-
-            where = describe_image_tokens(sample.input_ids, tokenizer)
+        if sample.images and describe is not None:
+            where = describe(sample.input_ids, tokenizer)
             console.print(f"images: {', '.join(sample.images)}; {where}", highlight=False, soft_wrap=True)
         if show in ("text", "all"):
             console.print(Text(tokenizer.decode(sample.input_ids)))

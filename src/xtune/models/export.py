@@ -9,9 +9,12 @@ from typing import Literal
 import torch
 import yaml
 
+from xtune.config.schema import CONFIG_FILE
 from xtune.errors import ConfigError
 from xtune.io import write_atomically
+from xtune.models.checkpoint_files import STATE_FILE
 from xtune.models.internlm2 import is_internlm2, read_config, save_as_internlm2
+from xtune.models.llava import PROCESSOR_FILES, is_projector_dir, load_projector
 from xtune.models.load import (
     ARGUMENT_USE,
     adapter_base_path,
@@ -20,8 +23,6 @@ from xtune.models.load import (
     load_tokenizer,
     resolve_model_dir,
 )
-
-CONFIG_FILE = "xtune_config.yaml"
 
 
 def merge_adapter(
@@ -41,8 +42,6 @@ def merge_adapter(
             f"--save-format original is for InternLM2 bases; {base_dir} is a "
             f"{original.get('model_type')!r} model, whose standard layout is already its own"
         )
-    from xtune.multimodal.model import PROCESSOR_FILES, load_projector
-    from xtune.multimodal.train import is_projector_dir
 
     adapter_dir = resolve_model_dir(adapter, ARGUMENT_USE)
     if is_projector_dir(adapter_dir):  # LLaVA stage 1: a trained projector for the base, no adapter
@@ -76,9 +75,6 @@ def export_checkpoint(checkpoint: str, out: str | Path, trust_remote_code: bool 
     (XTuner's `convert pth_to_hf`). Its adapter names the base by an absolute path unless OUT is in the same work
     dir."""
     from peft import PeftModel
-
-    from xtune.multimodal.model import PROCESSOR_FILES
-    from xtune.train.checkpoint import STATE_FILE
 
     checkpoint_dir = resolve_model_dir(checkpoint, ARGUMENT_USE)
     if not (checkpoint_dir / STATE_FILE).is_file():

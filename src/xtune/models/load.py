@@ -23,6 +23,7 @@ from transformers import (
 from xtune.assets import resolve_path
 from xtune.config.schema import ModelSettings
 from xtune.errors import ConfigError
+from xtune.models.checkpoint_files import STATE_FILE, WEIGHTS_FILE, load_trainable
 from xtune.models.internlm2 import (
     is_internlm2,
     llama_config_from_internlm2,
@@ -156,7 +157,7 @@ def causal_lm_from_pretrained(model_dir: Path, trust_remote_code: bool = False, 
     elif (model_dir / "config.json").exists() and read_config(model_dir).get("model_type") == "llava":
         from transformers import LlavaForConditionalGeneration  # an image-text model (xtune.multimodal)
 
-        from xtune.multimodal.model import NOT_QUANTISED
+        from xtune.models.llava import NOT_QUANTISED
 
         if "quantization_config" in kwargs:  # the LLM only
             kwargs["quantization_config"].llm_int8_skip_modules = NOT_QUANTISED
@@ -323,6 +324,11 @@ def embedding_module_names(model: PreTrainedModel) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if id(module) in embeddings})
 
 
+def causal_lm(model: torch.nn.Module) -> PreTrainedModel:
+    """The transformers CausalLM inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def head_is_tied(model: PreTrainedModel) -> bool:
     head = model.get_output_embeddings()
     return head is not None and head.weight is model.get_input_embeddings().weight
@@ -450,8 +456,6 @@ def _load_adapter(model: PreTrainedModel, adapter_dir: Path) -> torch.nn.Module:
     keep the names they have in the model (see xtune.train.checkpoint)."""
     from peft import PeftConfig, PeftModel, get_peft_model
 
-    from xtune.train.checkpoint import WEIGHTS_FILE, load_trainable
-
     if not (adapter_dir / WEIGHTS_FILE).is_file():
         return PeftModel.from_pretrained(model, adapter_dir)
     config = PeftConfig.from_pretrained(adapter_dir)
@@ -465,8 +469,6 @@ def _load_adapter(model: PreTrainedModel, adapter_dir: Path) -> torch.nn.Module:
 def check_checkpoint_dir(path: Path) -> None:
     """A training checkpoint (checkpoint-N) is usable as final/ is when it carries the files final/ has beside the
     weights; say what to do with the ones that do not: sharded ones (FSDP2, DeepSpeed) and those of an older xtune."""
-    from xtune.train.checkpoint import STATE_FILE, WEIGHTS_FILE
-
     if not (path / STATE_FILE).is_file():
         return
     fix = "use the run's final/, or `xtune train --resume` the run to its end, which writes final/"

@@ -12,12 +12,10 @@ from transformers import AutoProcessor, PreTrainedTokenizerBase
 from xtune.chat.generate import GenerationSettings
 from xtune.chat.session import ChatSession
 from xtune.errors import ConfigError
-from xtune.models.load import ARGUMENT_USE, load_for_inference, load_tokenizer, resolve_model_dir
+from xtune.models.llava import is_projector_dir, load_projector, projector_base
+from xtune.models.load import ARGUMENT_USE, causal_lm, load_for_inference, load_tokenizer, resolve_model_dir
 from xtune.multimodal.data import image_prompt, load_image
-from xtune.multimodal.model import load_projector
-from xtune.multimodal.train import is_projector_dir, projector_base
 from xtune.templates import ChatTemplate
-from xtune.train.loss import causal_lm
 
 
 def load_llava_for_inference(

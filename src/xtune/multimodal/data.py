@@ -21,8 +21,8 @@ from xtune.config.schema import Config, DatasetSettings
 from xtune.data.formats import MapFn, RecordError, get_map_fn, sharegpt
 from xtune.data.packing import Row, collate
 from xtune.errors import DataError
+from xtune.models.llava import IMAGE_TOKEN
 
-IMAGE_TOKEN = "<image>"
 BAD_IMAGE = "missing or unreadable image"
 
 

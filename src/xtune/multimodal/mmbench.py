@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from xtune.config.schema import CONFIG_FILE
 from xtune.errors import DataError
 
 LETTERS = "ABCD"
@@ -137,7 +138,6 @@ def run(model_path: str, tsv: str, max_new_tokens: int = 16, out: str | None = N
     from xtune.chat.generate import GenerationSettings
     from xtune.multimodal.chat import image_session, load_llava_for_inference
     from xtune.templates import resolve_template
-    from xtune.train.recipe import CONFIG_FILE
 
     questions = read_tsv(Path(tsv))
     model, tokenizer, source = load_llava_for_inference(model_path)

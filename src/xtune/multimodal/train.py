@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -10,10 +11,8 @@ from transformers import PreTrainedTokenizerBase
 
 from xtune.config.schema import Config
 from xtune.errors import ConfigError
-from xtune.models.load import base_reference, resolve_base
-from xtune.multimodal.data import ImageCollator, map_fn_of
-from xtune.multimodal.model import (
-    PROJECTOR_FILE,
+from xtune.models.llava import (
+    BASE_POINTER,
     build_base,
     image_processor,
     image_token_count,
@@ -23,10 +22,10 @@ from xtune.multimodal.model import (
     save_processor,
     save_projector,
 )
+from xtune.models.load import base_reference
+from xtune.multimodal.data import ImageCollator, describe_image_tokens, map_fn_of
 from xtune.train.distributed import World, main_first
 from xtune.train.task import TextTask, write_adapter_configs
-
-BASE_POINTER = "xtune_llava.json"  # in a stage-1 output: the base model its projector belongs to
 
 
 class LlavaTask(TextTask):
@@ -61,6 +60,9 @@ class LlavaTask(TextTask):
         self.config = llava.config
         return prepare_for_training(llava, self.cfg.model)
 
+    def describe_sample(self, input_ids: Sequence[int], tokenizer: PreTrainedTokenizerBase) -> str:
+        return describe_image_tokens(input_ids, tokenizer)  # where the image features replace the image tokens
+
     def collator(self, tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module) -> ImageCollator:
         return ImageCollator(self.image_processor, tokenizer.pad_token_id)
 
@@ -93,11 +95,3 @@ class LlavaTask(TextTask):
 def task_for(cfg: Config) -> type[TextTask]:
     """The task that trains `cfg`: images beside the text (model.vision) are LlavaTask's, text TextTask's."""
     return LlavaTask if cfg.model.vision is not None else TextTask
-
-
-def is_projector_dir(path: Path) -> bool:
-    return (path / PROJECTOR_FILE).is_file() and (path / BASE_POINTER).is_file()
-
-
-def projector_base(path: Path) -> str:
-    return resolve_base(json.loads((path / BASE_POINTER).read_text())["base_model"], path)

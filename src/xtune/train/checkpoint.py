@@ -20,12 +20,11 @@ from safetensors.torch import load_file, save_file
 
 from xtune.errors import ConfigError
 from xtune.io import commit_directory, remove_stale_temporaries, write_atomically
+from xtune.models.checkpoint_files import STATE_FILE, WEIGHTS_FILE, load_trainable
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 SHARDED_TMP_RE = re.compile(r"^\.checkpoint-\d+\.tmp$")  # one name for every rank's writes, so no PID in it
-STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
-WEIGHTS_FILE = "trainable.safetensors"  # the trainable parameters by their names in the model (PEFT's for LoRA)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -240,27 +239,6 @@ def load_checkpoint(
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(load_file(path / "rng.safetensors"))
     return state
-
-
-def load_trainable(path: Path, model: torch.nn.Module, fix: str) -> None:
-    """Load a checkpoint's trainable weights into `model`, whose trainable parameters must be exactly those saved."""
-    weights = load_file(path / WEIGHTS_FILE)
-    expected = {name for name, p in model.named_parameters() if p.requires_grad}
-    if set(weights) != expected:
-        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
-        raise ValueError(
-            f"{path}: checkpoint does not match this model/method (missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}); {fix}"
-        )
-    model.load_state_dict(weights, strict=False)
-
-
-def write_weight_index(directory: Path, model: torch.nn.Module) -> None:
-    """A full fine-tune's checkpoint holds every parameter in WEIGHTS_FILE: an index that names that file for each
-    makes the checkpoint a model directory transformers loads as it is (with config.json), with no second copy."""
-    names = [name for name, p in model.named_parameters() if p.requires_grad]
-    index = {"metadata": {}, "weight_map": dict.fromkeys(names, WEIGHTS_FILE)}
-    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
 
 
 # ---------------------------------------------------------------------------------------------- FSDP2, DeepSpeed

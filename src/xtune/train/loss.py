@@ -16,14 +16,10 @@ from transformers import PreTrainedModel
 
 from xtune.data.encode import IGNORE_INDEX
 from xtune.errors import ConfigError
+from xtune.models.load import causal_lm
 
 CHUNK_TOKENS = 2048
 POSITIONS_MULTIPLE = 256
-
-
-def causal_lm(model: torch.nn.Module) -> PreTrainedModel:
-    """The transformers CausalLM inside a PEFT wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def count_trained_tokens(labels: torch.Tensor) -> int:

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from xtune.data.encode import IGNORE_INDEX
-from xtune.train.loss import causal_lm, count_trained_tokens, head_logits, head_loss, hidden_states, loss_sum
+from xtune.models.load import causal_lm
+from xtune.train.loss import count_trained_tokens, head_logits, head_loss, hidden_states, loss_sum
 
 
 class Objective(Protocol):

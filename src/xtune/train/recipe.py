@@ -21,23 +21,21 @@ from rich.console import Console
 from xtune.chat.generate import GenerationSettings
 from xtune.chat.session import ChatSession
 from xtune.chat.tools import build_registry
-from xtune.config.schema import Config
+from xtune.config.schema import CONFIG_FILE, Config
 from xtune.data import build_training_data
 from xtune.data.packing import epoch_batches, group_lengths
 from xtune.io import write_atomically
 from xtune.models.attention import use_causal_chunked_attention
-from xtune.models.load import default_device
+from xtune.models.load import causal_lm, default_device
 from xtune.templates import ChatTemplate, config_template
 from xtune.train import cpu
 from xtune.train.checkpoint import check_no_previous_run, checkpoint_to_resume, remove_previous_run, remove_stale_writes
 from xtune.train.distributed import all_reduce_sum, barrier, device_for, init_world, main_first
 from xtune.train.engines import build_engine
-from xtune.train.loss import causal_lm, compile_decoder_layers
+from xtune.train.loss import compile_decoder_layers
 from xtune.train.metrics import RunLog, logger, setup_logging
 from xtune.train.objectives import OBJECTIVES, ObjectiveLoss
 from xtune.train.task import TextTask, point_adapters_at_base
-
-CONFIG_FILE = "xtune_config.yaml"
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):

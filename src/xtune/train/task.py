@@ -17,6 +17,7 @@ from xtune.config.schema import Config, DatasetSettings
 from xtune.data.formats import MapFn
 from xtune.data.packing import Row, collate, needs_flat_batches
 from xtune.errors import ConfigError
+from xtune.models.checkpoint_files import write_weight_index
 from xtune.models.load import (
     attach_adapters,
     base_reference,
@@ -25,7 +26,6 @@ from xtune.models.load import (
     load_tokenizer,
     save_random_init,
 )
-from xtune.train.checkpoint import write_weight_index
 from xtune.train.distributed import World, main_first
 
 
@@ -63,6 +63,10 @@ class TextTask:
         grown = fit_embeddings(base, tokenizer)
         # new tokens need trained rows whether the embedding grew or already had spare (untrained) rows for them
         return attach_adapters(base, cfg.model, train_embeddings=grown or bool(cfg.model.add_special_tokens))
+
+    def describe_sample(self, input_ids: Sequence[int], tokenizer: PreTrainedTokenizerBase) -> str:
+        """A line about a sample's inputs beyond its text, for log-dataset ('' for text)."""
+        return ""
 
     def collator(
         self, tokenizer: PreTrainedTokenizerBase, model: torch.nn.Module

@@ -30,15 +30,16 @@ from xtune.errors import ConfigError
 from xtune.io import write_atomically
 from xtune.models.load import (
     attach_adapters,
+    causal_lm,
     causal_lm_from_pretrained,
     fit_embeddings,
     load_base_model,
     load_tokenizer,
     quantization_kwargs,
+    resolve_base,
     resolve_dtype,
     resolve_model_dir,
 )
-from xtune.multimodal.data import IMAGE_TOKEN
 
 PROJECTOR_FILE = "projector.safetensors"
 BASE_FILE = "xtune_base.json"  # in a base_model directory: what it was assembled from
@@ -47,6 +48,9 @@ NOT_QUANTISED = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 # Processor files written next to every trained model and export, so AutoProcessor loads them.
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 VISION_USE = "set model.vision.path to it (--set model.vision.path={dir})"  # see resolve_model_dir
+
+BASE_POINTER = "xtune_llava.json"  # in a stage-1 output: the base model its projector belongs to
+IMAGE_TOKEN = "<image>"  # where a sample's image features go; LLaVA's image_token
 
 
 def vision_config(settings: VisionSettings) -> PretrainedConfig:
@@ -193,8 +197,6 @@ def lora_targets(model: LlavaForConditionalGeneration, settings: ModelSettings) 
 
 
 def projector_module(model: torch.nn.Module) -> torch.nn.Module:
-    from xtune.train.loss import causal_lm
-
     return causal_lm(model).model.multi_modal_projector
 
 
@@ -236,3 +238,11 @@ def save_processor(out_dir: Path, processor: LlavaImageProcessorPil, tokenizer, 
         chat_template=tokenizer.chat_template,
     )
     processor.save_pretrained(out_dir)
+
+
+def is_projector_dir(path: Path) -> bool:
+    return (path / PROJECTOR_FILE).is_file() and (path / BASE_POINTER).is_file()
+
+
+def projector_base(path: Path) -> str:
+    return resolve_base(json.loads((path / BASE_POINTER).read_text())["base_model"], path)
