@@ -178,7 +178,6 @@ def test_log_dataset_shows_where_the_image_tokens_sit(folder, tokenizer):
     from rich.console import Console
 
     from xtune.data.preview import log_dataset
-
     from xtune.multimodal.train import LlavaTask
     from xtune.train.distributed import World
 

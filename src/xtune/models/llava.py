@@ -44,7 +44,6 @@ from xtune.models.load import (
 PROJECTOR_FILE = "projector.safetensors"
 BASE_FILE = "xtune_base.json"  # in a base_model directory: what it was assembled from
 # Never quantised: the vision encoder and projector are small, and the head must stay exact.
-NOT_QUANTISED = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]  # matched from the start
 # Processor files written next to every trained model and export, so AutoProcessor loads them.
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 VISION_USE = "set model.vision.path to it (--set model.vision.path={dir})"  # see resolve_model_dir

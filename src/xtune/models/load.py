@@ -15,6 +15,7 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    LlavaForConditionalGeneration,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -32,6 +33,9 @@ from xtune.models.internlm2 import (
     read_config,
 )
 
+# A LLaVA's parts kept in 16 bits when its LLM is quantised (matched from the start of a module name); here, not in
+# llava.py, because loading any model directory may meet a LLaVA one
+LLAVA_NOT_QUANTISED = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -155,12 +159,8 @@ def causal_lm_from_pretrained(model_dir: Path, trust_remote_code: bool = False, 
     if _is_internlm2_dir(model_dir):
         model = load_internlm2_as_llama(model_dir, **kwargs)
     elif (model_dir / "config.json").exists() and read_config(model_dir).get("model_type") == "llava":
-        from transformers import LlavaForConditionalGeneration  # an image-text model (xtune.multimodal)
-
-        from xtune.models.llava import NOT_QUANTISED
-
         if "quantization_config" in kwargs:  # the LLM only
-            kwargs["quantization_config"].llm_int8_skip_modules = NOT_QUANTISED
+            kwargs["quantization_config"].llm_int8_skip_modules = LLAVA_NOT_QUANTISED
         model = LlavaForConditionalGeneration.from_pretrained(model_dir, local_files_only=True, **kwargs)
     else:
         with _explain_remote_code(model_dir, trust_remote_code):
