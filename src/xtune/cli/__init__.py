@@ -238,7 +238,7 @@ def _relaunch_under_torchrun(args: argparse.Namespace) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
-    from xtune.chat.cli import run_chat
+    from xtune.cli.chat import run_chat
 
     run_chat(args)
 
@@ -502,7 +502,3 @@ def main(argv: list[str] | None = None) -> None:
         hint = "" if args.debug else " (rerun with --debug for the traceback)"
         print(f"xtune: error: {what}{hint}", file=sys.stderr)
         sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

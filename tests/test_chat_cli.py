@@ -13,11 +13,11 @@ import torch
 import yaml
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from xtune.chat import cli as chat_cli
 from xtune.chat.session import ChatSession
+from xtune.cli import chat as chat_cli
 from xtune.cli import main
 
-TINY_LLAMA = Path(__file__).resolve().parents[2] / "src" / "xtune" / "assets" / "tiny-llama"
+TINY_LLAMA = Path(__file__).resolve().parents[1] / "src" / "xtune" / "assets" / "tiny-llama"
 # A tool file that a downloaded directory's config could name: importing it leaves a marker.
 PLANTED_TOOL = '''from pathlib import Path
 
