@@ -422,3 +422,16 @@ def test_debug_shows_where_a_user_error_came_from_and_keeps_its_exit_status(sand
     assert exit_info.value.code == 2
     assert "Traceback" in err and "XtuneError" in err
     assert err.splitlines()[-1] == "xtune: error: no preset matches 'no-such-preset'; `xtune list-cfg` lists all"
+
+
+def test_a_reader_that_stops_early_is_no_error(xtune_cmd, xtune_env):
+    """`xtune list-cfg | head -1`: the output pipe closes before xtune writes; no error line, SIGPIPE's status."""
+    import subprocess
+
+    process = subprocess.Popen(
+        [*xtune_cmd, "list-cfg"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=xtune_env, text=True
+    )
+    process.stdout.close()  # before the process has written anything: its first write finds no reader
+    stderr = process.stderr.read()
+    assert process.wait(timeout=60) == 141, stderr
+    assert stderr == ""

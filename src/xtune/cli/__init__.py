@@ -490,6 +490,9 @@ def main(argv: list[str] | None = None) -> None:
         args.func(args)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # `xtune list-cfg | head`: the reader has all it wanted; no error, and no second one
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # when Python flushes stdout at exit
+        sys.exit(141)  # 128 + SIGPIPE, as a shell tool killed by it
     except Exception as e:
         if args.debug:
             traceback.print_exc()
