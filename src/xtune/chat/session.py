@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 from xtune.chat.generate import GenerationSettings, generate
 from xtune.chat.tools import ToolRegistry, ToolResult
 from xtune.errors import XtuneError
-from xtune.templates import ChatTemplate, TokenizerTemplate
+from xtune.templates import Message, Template
 from xtune.templates.tool_calls import ToolCall, split_reply
 
 REACT_STOP = "Observation:"  # a ReAct model would go on to invent the tool's result; the real one goes there
@@ -23,7 +23,7 @@ class ChatSession:
         self,
         model: torch.nn.Module,
         tokenizer: PreTrainedTokenizerBase,
-        template: ChatTemplate | TokenizerTemplate | None,
+        template: Template | None,
         settings: GenerationSettings,
         system: str | None = None,
         tools: ToolRegistry | None = None,
@@ -41,12 +41,12 @@ class ChatSession:
         if tools is not None and template.tool_style == "react" and REACT_STOP not in stop_words:
             stop_words.append(REACT_STOP)
         self.settings = dataclasses.replace(settings, stop_words=stop_words)  # the caller's settings stay as given
-        self.history: list[dict] = []
+        self.history: list[Message] = []
 
     def reset(self) -> None:
         self.history = []
 
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
+    def prompt_ids(self, messages: list[Message]) -> list[int]:
         if self.system is not None:
             messages = [{"role": "system", "content": self.system}, *messages]
         if self.template is None:  # a model without an xtune template: use the tokenizer's own

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-from xtune.templates import ChatTemplate, Segment
+from xtune.data.formats import Sample
+from xtune.templates import Segment, Template
 
 IGNORE_INDEX = -100
 
@@ -27,7 +28,7 @@ class EncodedSample:
 
 
 def sample_segments(
-    sample: dict, template: ChatTemplate | None, tokenizer: PreTrainedTokenizerBase, system: str | None = None
+    sample: Sample, template: Template | None, tokenizer: PreTrainedTokenizerBase, system: str | None = None
 ) -> list[Segment]:
     """Render a mapped sample into text segments with trained flags."""
     bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""

@@ -9,6 +9,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from xtune.templates.base import Message, Segment
 from xtune.templates.tool_calls import (
     ToolCall,
     jinja_reply_with_calls,
@@ -19,16 +20,7 @@ from xtune.templates.tool_calls import (
     tools_text,
 )
 
-# {"role": "system"|"user"|"assistant"|"tool", "content": str, "loss": bool (optional), "tool_calls": (assistant)}
-Message = dict
-
 _MERGE_ERROR = "this template puts the system prompt inside the first user message; a user message must follow it"
-
-
-@dataclass(frozen=True)
-class Segment:
-    text: str
-    trained: bool
 
 
 @dataclass(frozen=True)

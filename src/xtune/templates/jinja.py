@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from transformers import PreTrainedTokenizerBase
 
 from xtune.errors import ConfigError
-from xtune.templates.chat import Message, Segment
+from xtune.templates.base import Message, Segment
 
 _PROBE = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong"}]
 
