@@ -36,10 +36,7 @@ def sample_segments(
         return [Segment((bos if adds_bos(tokenizer) else "") + sample["text"] + eos, True)]
     if template is None:
         raise ValueError("a conversation sample needs a chat template")
-    messages = sample["messages"]
-    if system is not None and (not messages or messages[0]["role"] != "system"):
-        messages = [{"role": "system", "content": system}, *messages]
-    return template.render(messages, bos=bos, eos=eos, tools=sample.get("tools"))
+    return template.render(sample["messages"], bos=bos, eos=eos, tools=sample.get("tools"), system=system)
 
 
 def adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:

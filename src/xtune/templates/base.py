@@ -28,6 +28,14 @@ class Segment:
     trained: bool
 
 
+def with_system(messages: Sequence[Message], system: str | None) -> list[Message]:
+    """The conversation with `system` as its system message, unless it opens with one of its own. The one place a
+    system message is added: a dataset's or a chat's system prompt, a template's default, the holder of a tool list."""
+    if system is None or (messages and messages[0]["role"] == "system"):
+        return list(messages)
+    return [{"role": "system", "content": system}, *messages]
+
+
 class Template(Protocol):
     name: str
     tool_style: str  # how tool calls are written and read back (see tool_calls.py)
@@ -39,8 +47,10 @@ class Template(Protocol):
         bos: str = "",
         eos: str = "",
         tools: Sequence[dict] | None = None,
+        system: str | None = None,
     ) -> list[Segment]:
-        """The conversation as text segments, each flagged whether it is trained."""
+        """The conversation as text segments, each flagged whether it is trained. `system` is the system message
+        for a conversation without one of its own (see with_system)."""
         ...
 
     def render_text(
@@ -50,6 +60,7 @@ class Template(Protocol):
         bos: str = "",
         eos: str = "",
         tools: Sequence[dict] | None = None,
+        system: str | None = None,
     ) -> str: ...
 
     def stop_words_for(self, eos: str | None) -> list[str]: ...

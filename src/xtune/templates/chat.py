@@ -9,7 +9,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from xtune.templates.base import Message, Segment
+from xtune.templates.base import Message, Segment, with_system
 from xtune.templates.tool_calls import (
     ToolCall,
     jinja_reply_with_calls,
@@ -75,14 +75,13 @@ class ChatTemplate:
         bos: str = "",
         eos: str = "",
         tools: Sequence[dict] | None = None,
+        system: str | None = None,
     ) -> list[Segment]:
         """Turn a conversation into text segments; assistant content (with its tool calls) and its end-of-turn
         marker are trained unless the message says `loss: false`. Tool lists and results never are."""
         fill = _Filler(bos, eos)
         segments = [Segment(fill(self.prefix), False)]
-        messages = list(messages)
-        if self.default_system is not None and (not messages or messages[0]["role"] != "system"):
-            messages.insert(0, {"role": "system", "content": self.default_system})
+        messages = with_system(messages, self.default_system if system is None else system)
         tools_segment = listing = None  # the tool list: a message of its own, or inside the system prompt
         if tools:
             listing = tools_text(list(tools), self.tool_style)
@@ -90,8 +89,8 @@ class ChatTemplate:
                 tools_segment, listing = Segment(fill(self.tools_message, listing), False), None
                 if not messages or messages[0]["role"] != "system":
                     segments.append(tools_segment)
-            elif not messages or messages[0]["role"] != "system":
-                messages.insert(0, {"role": "system", "content": ""})
+            else:  # the list goes inside the system prompt, so there must be one
+                messages = with_system(messages, "")
         react = self.tool_style == "react"
         pending_system = ""  # merge_system: system text waiting for the next user message
         for index, message in enumerate(messages):
@@ -151,8 +150,9 @@ class ChatTemplate:
         bos: str = "",
         eos: str = "",
         tools: Sequence[dict] | None = None,
+        system: str | None = None,
     ) -> str:
-        return "".join(s.text for s in self.render(messages, add_generation_prompt, bos, eos, tools))
+        return "".join(s.text for s in self.render(messages, add_generation_prompt, bos, eos, tools, system))
 
     def stop_words_for(self, eos: str | None) -> list[str]:
         words = [_Filler("", eos or "")(w) for w in self.stop_words]

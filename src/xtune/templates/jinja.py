@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from transformers import PreTrainedTokenizerBase
 
 from xtune.errors import ConfigError
-from xtune.templates.base import Message, Segment
+from xtune.templates.base import Message, Segment, with_system
 
 _PROBE = [{"role": "user", "content": "ping"}, {"role": "assistant", "content": "pong"}]
 
@@ -48,7 +48,9 @@ class TokenizerTemplate:
         bos: str = "",
         eos: str = "",
         tools: Sequence[dict] | None = None,
+        system: str | None = None,
     ) -> list[Segment]:
+        messages = with_system(messages, system)
         full = self._apply(messages, add_generation_prompt, tools)
         segments, cursor = [], 0
         for i, message in enumerate(messages):
@@ -78,8 +80,9 @@ class TokenizerTemplate:
         bos: str = "",
         eos: str = "",
         tools: Sequence[dict] | None = None,
+        system: str | None = None,
     ) -> str:
-        return self._apply(messages, add_generation_prompt, tools)
+        return self._apply(with_system(messages, system), add_generation_prompt, tools)
 
     def stop_words_for(self, eos: str | None) -> list[str]:
         return [w for w in dict.fromkeys([self.end_of_turn, eos or ""]) if w]
