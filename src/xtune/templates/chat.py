@@ -10,15 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from xtune.templates.base import Message, Segment, with_system
-from xtune.templates.tool_calls import (
-    ToolCall,
-    jinja_reply_with_calls,
-    jinja_system_with_tools,
-    jinja_tools_text,
-    reply_with_calls,
-    system_with_tools,
-    tools_text,
-)
+from xtune.templates.tool_calls import ToolCall, ToolCallStyle, tool_call_style
 
 _MERGE_ERROR = "this template puts the system prompt inside the first user message; a user message must follow it"
 
@@ -68,6 +60,10 @@ class ChatTemplate:
     history_assistant_prefix: str | None = None
     suffix: str = ""  # after the last message of a finished conversation (no generation prompt): Phi-3's eos
 
+    @property
+    def call_style(self) -> ToolCallStyle:
+        return tool_call_style(self.tool_style)
+
     def render(
         self,
         messages: Sequence[Message],
@@ -84,7 +80,7 @@ class ChatTemplate:
         messages = with_system(messages, self.default_system if system is None else system)
         tools_segment = listing = None  # the tool list: a message of its own, or inside the system prompt
         if tools:
-            listing = tools_text(list(tools), self.tool_style)
+            listing = self.call_style.tools_text(list(tools))
             if self.tools_message is not None:
                 tools_segment, listing = Segment(fill(self.tools_message, listing), False), None
                 if not messages or messages[0]["role"] != "system":
@@ -101,7 +97,7 @@ class ChatTemplate:
                 raise ValueError(f"template {self.name!r}: {_MERGE_ERROR}")
             if role == "system":
                 if index == 0 and listing is not None:
-                    content = system_with_tools(content, listing, self.tool_style)
+                    content = self.call_style.system_with_tools(content, listing)
                 if self.merge_system:
                     pending_system += fill(self.system, content)
                 else:
@@ -121,7 +117,8 @@ class ChatTemplate:
                     header = self.history_assistant_prefix
                 end = ("", "") if react and calls else (self.assistant_suffix, self.turn_separator)
                 lead = "" if continues else fill(self.reply_prefix)
-                reply = lead + reply_with_calls(content, calls, self.tool_style)
+                # Looked up only for calls: a template's unknown tool_style fails where it is used, as it always did.
+                reply = lead + (self.call_style.reply_with_calls(content, calls) if calls else content)
                 segments.append(Segment(fill(header), False))
                 segments.append(Segment(reply + fill(end[0]), trained))
                 segments.append(Segment(fill(end[1]), False))
@@ -165,7 +162,7 @@ class ChatTemplate:
         tokenizers format chats exactly as xtune trained them."""
         content = "(message['content'] | trim)" if self.strip_content else "message['content']"
         react, own_message = self.tool_style == "react", self.tools_message is not None
-        out = [_jinja(self.prefix), "{% if tools %}" + jinja_tools_text(self.tool_style) + "{% endif %}"]
+        out = [_jinja(self.prefix), "{% if tools %}" + self.call_style.jinja_tools_text() + "{% endif %}"]
         if self.merge_system:
             out.append("{% set ns = namespace(system='') %}")
 
@@ -175,7 +172,7 @@ class ChatTemplate:
             return _jinja(self.system, expr)
 
         def with_tools(expr: str) -> str:  # the system text with the tool list in it, when the list goes there
-            return expr if own_message else f"({jinja_system_with_tools(self.tool_style, expr)} if tools else {expr})"
+            return expr if own_message else f"({self.call_style.jinja_system_with_tools(expr)} if tools else {expr})"
 
         tools_message = (
             "{% if tools %}" + _jinja(self.tools_message, "tools_text") + "{% endif %}" if own_message else ""
@@ -210,7 +207,7 @@ class ChatTemplate:
             header = "{% if not (loop.previtem is defined and loop.previtem['role'] == 'tool') %}" + header
             header += "{% endif %}"
             end = "{% if not message['tool_calls'] %}" + end + "{% endif %}"
-        reply = jinja_reply_with_calls(self.tool_style, content) + header + "{{ reply }}"
+        reply = self.call_style.jinja_reply_with_calls(content) + header + "{{ reply }}"
         out.append("{% elif message['role'] == 'assistant' %}" + raise_if_pending + reply + end)
         if react:
             out.append("{% elif message['role'] == 'tool' %}{{ 'Observation: ' + " + content + " + '\\n' }}")
