@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypedDict
 
+# Raised by templates with merge_system (Llama 2, Mistral, Gemma), by render() and by their exported jinja alike.
+MERGE_SYSTEM_ERROR = "this template puts the system prompt inside the first user message; a user message must follow it"
+
 
 class _Turn(TypedDict):
     role: Literal["system", "user", "assistant", "tool"]
