@@ -6,10 +6,10 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
-from xtune.chat.tools.calculate import CALC, _calculate
+from xtune.chat.tools.calculate import CALC, calculate_or_raise
 from xtune.chat.tools.registry import Tool, ToolRegistry, is_user_tool, load_tool
-from xtune.chat.tools.search import LocalDocumentSearch, SearchProvider, _search
-from xtune.chat.tools.solve import SOLVE_TIME_LIMIT_S, _solve
+from xtune.chat.tools.search import LocalDocumentSearch, SearchProvider, search_or_raise
+from xtune.chat.tools.solve import SOLVE_TIME_LIMIT_S, solve_or_raise
 from xtune.errors import XtuneError
 
 
@@ -36,7 +36,7 @@ def default_registry(
                 "properties": {"expression": {"type": "string", "description": "e.g. '(3 + 4) * sqrt(2) / 7'"}},
                 "required": ["expression"],
             },
-            _calculate,
+            calculate_or_raise,
         )
     )
     registry.register(
@@ -56,7 +56,7 @@ def default_registry(
                 },
                 "required": ["equation"],
             },
-            functools.partial(_solve, time_limit=solve_time_limit),
+            functools.partial(solve_or_raise, time_limit=solve_time_limit),
         )
     )
     registry.register(
@@ -68,7 +68,7 @@ def default_registry(
                 "properties": {"query": {"type": "string", "description": "keywords, e.g. 'LoRA rank alpha'"}},
                 "required": ["query"],
             },
-            functools.partial(_search, provider=provider),
+            functools.partial(search_or_raise, provider=provider),
         )
     )
     return registry

@@ -268,14 +268,15 @@ def format_number(value: int | float) -> str:
     return repr(value)
 
 
-def _calculate(expression: str) -> str:
+def calculate_or_raise(expression: str) -> str:
+    """calculate as the registry calls it: a ToolError, which the registry turns into an error result."""
     return format_number(_evaluate(parse(expression, CALC)))
 
 
 def calculate(expression: str) -> str:
     """Evaluate arithmetic exactly (ints) or as floats. Never raises: problems come back as 'error: ...' text."""
     try:
-        return _calculate(expression)
+        return calculate_or_raise(expression)
     except ToolError as exc:
         return f"error: {exc}"
     except Exception as exc:  # a bug of ours; the model still gets an answer it can read, and the tests look for it

@@ -205,7 +205,8 @@ def _snippet(text: str, terms: set[str], width: int = 300) -> str:
     return ("..." if start else "") + snippet + ("..." if start + width < len(flat) else "")
 
 
-def _search(query: str, provider: SearchProvider | None = None, k: int = 5) -> str:
+def search_or_raise(query: str, provider: SearchProvider | None = None, k: int = 5) -> str:
+    """search as the registry calls it: a ToolError, which the registry turns into an error result."""
     if provider is None:
         raise ToolError("no documents configured; pass --search-docs DIR to search local documents")
     if not query.strip():
@@ -219,7 +220,7 @@ def _search(query: str, provider: SearchProvider | None = None, k: int = 5) -> s
 def search(query: str, provider: SearchProvider | None = None, k: int = 5) -> str:
     """Search `provider` and list the best passages. Never raises: problems come back as 'error: ...' text."""
     try:
-        return _search(query, provider, k)
+        return search_or_raise(query, provider, k)
     except ToolError as exc:
         return f"error: {exc}"
     except Exception as exc:  # a provider the user wrote (a web search, say) failing

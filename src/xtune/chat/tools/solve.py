@@ -224,7 +224,8 @@ def _numeric_roots(expression: Any, variable: Any, seconds: float) -> list[Any]:
         return []
 
 
-def _solve(equation: str, variable: str | None = None, *, time_limit: float = SOLVE_TIME_LIMIT_S) -> str:
+def solve_or_raise(equation: str, variable: str | None = None, *, time_limit: float = SOLVE_TIME_LIMIT_S) -> str:
+    """solve as the registry calls it: a ToolError, which the registry turns into an error result."""
     import sympy
 
     if len(equation) > MAX_EXPRESSION_CHARS:
@@ -319,7 +320,7 @@ def solve(equation: str, variable: str | None = None, *, time_limit: float = SOL
     """Solve an equation ('x**2 - 4 = 0') or a comma-separated system with sympy, e.g. 'x = -2; x = 2', within
     `time_limit` seconds. Never raises: problems come back as 'error: ...' text."""
     try:
-        return _solve(equation, variable, time_limit=time_limit)
+        return solve_or_raise(equation, variable, time_limit=time_limit)
     except ToolError as exc:
         return f"error: {exc}"
     except Exception as exc:  # a bug of ours; the model still gets an answer it can read
