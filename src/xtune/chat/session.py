@@ -12,7 +12,8 @@ from transformers import PreTrainedTokenizerBase
 from xtune.chat.generate import GenerationSettings, generate
 from xtune.chat.tools import ToolRegistry, ToolResult
 from xtune.errors import XtuneError
-from xtune.templates import ChatTemplate, TokenizerTemplate
+from xtune.templates import Message, Template
+from xtune.templates.base import with_system
 from xtune.templates.tool_calls import ToolCall, split_reply
 
 REACT_STOP = "Observation:"  # a ReAct model would go on to invent the tool's result; the real one goes there
@@ -23,7 +24,7 @@ class ChatSession:
         self,
         model: torch.nn.Module,
         tokenizer: PreTrainedTokenizerBase,
-        template: ChatTemplate | TokenizerTemplate | None,
+        template: Template | None,
         settings: GenerationSettings,
         system: str | None = None,
         tools: ToolRegistry | None = None,
@@ -41,18 +42,16 @@ class ChatSession:
         if tools is not None and template.tool_style == "react" and REACT_STOP not in stop_words:
             stop_words.append(REACT_STOP)
         self.settings = dataclasses.replace(settings, stop_words=stop_words)  # the caller's settings stay as given
-        self.history: list[dict] = []
+        self.history: list[Message] = []
 
     def reset(self) -> None:
         self.history = []
 
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        if self.system is not None:
-            messages = [{"role": "system", "content": self.system}, *messages]
+    def prompt_ids(self, messages: list[Message]) -> list[int]:
         if self.template is None:  # a model without an xtune template: use the tokenizer's own
             return list(
                 self.tokenizer.apply_chat_template(
-                    messages, add_generation_prompt=True, tokenize=True, return_dict=False
+                    with_system(messages, self.system), add_generation_prompt=True, tokenize=True, return_dict=False
                 )
             )
         tools = self.tools.schemas() if self.tools is not None and self.list_tools else None
@@ -62,6 +61,7 @@ class ChatSession:
             bos=self.tokenizer.bos_token or "",
             eos=self.tokenizer.eos_token or "",
             tools=tools,
+            system=self.system,
         )
         return self.tokenizer(text, add_special_tokens=False).input_ids
 

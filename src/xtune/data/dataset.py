@@ -24,9 +24,7 @@ from xtune.data.loading import load_records, record_locator
 from xtune.data.packing import Row, fill_ratio, pack, single_rows
 from xtune.errors import DataError
 from xtune.io import user_cache_dir, write_atomically, write_text_atomically
-from xtune.templates import ChatTemplate, TokenizerTemplate, resolve_template
-
-Template = ChatTemplate | TokenizerTemplate
+from xtune.templates import Template, resolve_template
 
 ENCODE_BATCH = 1024
 NO_ASSISTANT_TURN = "no assistant turn"

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-from xtune.templates import ChatTemplate, Segment
+from xtune.data.formats import Sample
+from xtune.templates import Segment, Template
 
 IGNORE_INDEX = -100
 
@@ -27,7 +28,7 @@ class EncodedSample:
 
 
 def sample_segments(
-    sample: dict, template: ChatTemplate | None, tokenizer: PreTrainedTokenizerBase, system: str | None = None
+    sample: Sample, template: Template | None, tokenizer: PreTrainedTokenizerBase, system: str | None = None
 ) -> list[Segment]:
     """Render a mapped sample into text segments with trained flags."""
     bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
@@ -35,10 +36,7 @@ def sample_segments(
         return [Segment((bos if adds_bos(tokenizer) else "") + sample["text"] + eos, True)]
     if template is None:
         raise ValueError("a conversation sample needs a chat template")
-    messages = sample["messages"]
-    if system is not None and (not messages or messages[0]["role"] != "system"):
-        messages = [{"role": "system", "content": system}, *messages]
-    return template.render(messages, bos=bos, eos=eos, tools=sample.get("tools"))
+    return template.render(sample["messages"], bos=bos, eos=eos, tools=sample.get("tools"), system=system)
 
 
 def adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:

@@ -11,13 +11,23 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from xtune.errors import ConfigError
+from xtune.templates.base import Message
 from xtune.templates.tool_calls import ToolCall, split_reply
 from xtune.user_code import load_function
 
-Sample = dict[str, Any]
+
+class Sample(TypedDict, total=False):
+    """A conversation (messages, and the tools it may call) or pre-training text; images for multimodal data."""
+
+    messages: list[Message]
+    tools: list[dict[str, Any]]
+    text: str
+    images: list[str]
+
+
 MapFn = Callable[[dict[str, Any]], Sample]
 
 ROLES = ("system", "user", "assistant", "tool")

@@ -9,8 +9,9 @@ from __future__ import annotations
 from jinja2.exceptions import TemplateError
 from transformers import PreTrainedTokenizerBase
 
+from xtune.templates.base import Message, Segment, Template
 from xtune.templates.catalog import TEMPLATES, get_template
-from xtune.templates.chat import ChatTemplate, Segment
+from xtune.templates.chat import ChatTemplate
 from xtune.templates.jinja import TokenizerTemplate
 
 # config.json model_type -> the xtune template its chat models were trained with.
@@ -41,7 +42,7 @@ FAMILY_TEMPLATES = {
 FAMILY_VARIANTS = {"qwen_chat": ("qwen_chat", "qwen2_5_chat")}
 
 # A conversation on which the variants differ: the default system prompt and the tool result.
-_VARIANT_PROBE = [
+_VARIANT_PROBE: list[Message] = [
     {"role": "user", "content": "What is 6 * 7?"},
     {"role": "assistant", "content": "Let me calculate."},
     {"role": "tool", "content": "42"},
@@ -51,7 +52,9 @@ _VARIANT_PROBE = [
 __all__ = [
     "TEMPLATES",
     "ChatTemplate",
+    "Message",
     "Segment",
+    "Template",
     "TokenizerTemplate",
     "config_template",
     "get_template",
@@ -59,9 +62,7 @@ __all__ = [
 ]
 
 
-def resolve_template(
-    name: str, tokenizer: PreTrainedTokenizerBase, model_type: str | None = None
-) -> ChatTemplate | TokenizerTemplate:
+def resolve_template(name: str, tokenizer: PreTrainedTokenizerBase, model_type: str | None = None) -> Template:
     """A named template; or for `auto`: the family's xtune template when the checkpoint's model_type (or, for
     Llama, its vocabulary) identifies one, else the tokenizer's own jinja chat_template, else `default`.
     `tokenizer_chat_template` always uses the tokenizer's jinja."""
@@ -79,14 +80,14 @@ def resolve_template(
     return TEMPLATES["default"]
 
 
-def config_template(cfg, tokenizer: PreTrainedTokenizerBase) -> ChatTemplate | TokenizerTemplate:
+def config_template(cfg, tokenizer: PreTrainedTokenizerBase) -> Template:
     """The template a config trains with: data.template resolved against its model's checkpoint."""
     from xtune.models.load import checkpoint_model_type
 
     return resolve_template(cfg.data.template, tokenizer, checkpoint_model_type(cfg.model.path))
 
 
-def _family_variant(family: str, tokenizer: PreTrainedTokenizerBase) -> ChatTemplate | TokenizerTemplate:
+def _family_variant(family: str, tokenizer: PreTrainedTokenizerBase) -> Template:
     """The family's template; where one model_type covers several formats, the variant that renders a probe
     conversation exactly as the tokenizer's own chat_template, or that template itself when none does (a fine-tune
     with a format of its own, such as a DeepSeek-R1 distillation of Qwen2.5)."""
