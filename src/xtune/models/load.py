@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 import json
 import logging
 import os
@@ -21,9 +20,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from xtune.assets import resolve_path
 from xtune.config.schema import ModelSettings
 from xtune.errors import ConfigError
+from xtune.io import write_atomically
+from xtune.model_dirs import ARGUMENT_USE, resolve_model_dir
 from xtune.models.checkpoint_files import STATE_FILE, WEIGHTS_FILE, load_trainable
 from xtune.models.internlm2 import (
     is_internlm2,
@@ -37,49 +37,6 @@ from xtune.models.internlm2 import (
 # llava.py, because loading any model directory may meet a LLaVA one
 LLAVA_NOT_QUANTISED = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-# How a command's user names another model directory; `{dir}` is the directory the fetch command writes.
-CONFIG_USE = "set model.path to it (--set model.path={dir})"
-ARGUMENT_USE = "pass {dir} instead"
-
-
-def resolve_model_dir(path: str, use: str = CONFIG_USE) -> Path:
-    """A local directory, a builtin: asset, or a repo id already in the local Hugging Face cache. `use` says how
-    to point the command at another directory (the config key or the argument that named this one)."""
-    local = resolve_path(path)
-    if local.is_dir():
-        return local
-    looks_like_repo_id = not path.startswith(("/", ".", "~")) and path.count("/") == 1
-    if looks_like_repo_id:
-        from huggingface_hub import snapshot_download
-
-        try:
-            return Path(snapshot_download(path, local_files_only=True))
-        except Exception:  # not cached: fall through to the error that says what to do
-            pass
-    raise ConfigError(_missing_model_dir(path, local, looks_like_repo_id, use))
-
-
-def _missing_model_dir(path: str, local: Path, looks_like_repo_id: bool, use: str) -> str:
-    """A typo of a local directory is the likelier mistake where the folder above it exists (`./models/qwen-7b`
-    for `./models/Qwen-7B`): name the nearest directory there. A repo id that is not cached: how to fetch it."""
-    if local.exists():
-        return f"model path {path!r} is a file; name the directory that holds config.json, the tokenizer and weights"
-    parent = local.parent
-    if parent.is_dir():
-        siblings = [child.name for child in parent.iterdir() if child.is_dir() and not child.name.startswith(".")]
-        nearest = difflib.get_close_matches(local.name, siblings, n=1, cutoff=0.6)
-        if nearest:
-            return f"model path {path!r}: no such directory; did you mean {str(Path(path).with_name(nearest[0]))!r}?"
-    if not looks_like_repo_id:
-        missing_too = "" if parent.is_dir() else f" (nor is {str(Path(path).parent)!r})"
-        return f"model path {path!r}: no such directory{missing_too}"
-    local_dir = f"./models/{Path(path).name}"
-    return (
-        f"model path {path!r} is neither a local directory nor in the local Hugging Face cache, and xtune never "
-        f"downloads: fetch it first (`hf download {path} --local-dir {local_dir}`), then {use.format(dir=local_dir)}"
-    )
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
@@ -181,12 +138,6 @@ def release_checkpoint_mapping(model: torch.nn.Module) -> None:
         # the packed 4/8-bit weights are integer tensors of their own already; on a GPU nothing is a view of the file
         if tensor.is_floating_point() and tensor.device.type == "cpu":
             tensor.data = tensor.data.clone()
-
-
-def checkpoint_model_type(path: str) -> str | None:
-    """The model_type in a checkpoint's own config.json (before any conversion): it names the family."""
-    model_dir = resolve_model_dir(path)
-    return read_config(model_dir).get("model_type") if (model_dir / "config.json").exists() else None
 
 
 def model_config(model_dir: Path, trust_remote_code: bool = False) -> PretrainedConfig:
@@ -298,8 +249,6 @@ def save_random_init(settings: ModelSettings, out: Path, seed: int) -> ModelSett
     """Write the seeded random initialisation of a random_init model to `out` (with its tokenizer) and return
     settings that load it from there: an adapter needs its base on disk for chat and merge, and QLoRA needs
     saved weights to quantise."""
-    from xtune.io import write_atomically
-
     init = settings.model_copy(update={"method": "full"})
     model = load_base_model(init, torch.device("cpu"), seed)
     tokenizer = load_tokenizer(settings.path, settings.trust_remote_code)

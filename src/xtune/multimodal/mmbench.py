@@ -15,8 +15,11 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from xtune.chat.generate import GenerationSettings
 from xtune.config.schema import CONFIG_FILE
 from xtune.errors import DataError
+from xtune.multimodal.chat import image_session, load_llava_for_inference
+from xtune.templates import resolve_template
 
 LETTERS = "ABCD"
 INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -134,10 +137,6 @@ def run(model_path: str, tsv: str, max_new_tokens: int = 16, out: str | None = N
     import json
 
     import yaml
-
-    from xtune.chat.generate import GenerationSettings
-    from xtune.multimodal.chat import image_session, load_llava_for_inference
-    from xtune.templates import resolve_template
 
     questions = read_tsv(Path(tsv))
     model, tokenizer, source = load_llava_for_inference(model_path)

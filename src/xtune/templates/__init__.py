@@ -9,6 +9,7 @@ from __future__ import annotations
 from jinja2.exceptions import TemplateError
 from transformers import PreTrainedTokenizerBase
 
+from xtune.model_dirs import checkpoint_model_type
 from xtune.templates.base import Message, Segment, Template
 from xtune.templates.catalog import TEMPLATES, get_template
 from xtune.templates.chat import ChatTemplate
@@ -82,8 +83,6 @@ def resolve_template(name: str, tokenizer: PreTrainedTokenizerBase, model_type: 
 
 def config_template(cfg, tokenizer: PreTrainedTokenizerBase) -> Template:
     """The template a config trains with: data.template resolved against its model's checkpoint."""
-    from xtune.models.load import checkpoint_model_type
-
     return resolve_template(cfg.data.template, tokenizer, checkpoint_model_type(cfg.model.path))
 
 
