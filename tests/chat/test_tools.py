@@ -290,27 +290,35 @@ def test_solve_rejects_hostile_input(equation, variable, message):
     assert elapsed < 1.0
 
 
-# No closed form: sympy.solve runs for minutes, warm or cold; numeric roots take 0.15 s.
-HARD_POLYNOMIAL = "x**24 + 3*x**17 + x**5 + 7 = 0"
+HARD_POLYNOMIAL = "x**24 + 3*x**17 + x**5 + 7 = 0"  # no radicals for its roots; numeric roots take 0.15 s
 
 
-def test_solve_gives_up_on_hard_polynomials_with_numeric_roots():
-    # sympy.solve runs for minutes on this; the time limit stops it and numeric roots take over, all within the
-    # limit. A 4 s limit leaves the fallback 1 s, several times what it needs even on a loaded machine.
+@pytest.fixture
+def slow_sympy_solve(monkeypatch):
+    """sympy.solve as it is on the inputs the limit is for: it runs for minutes. (How long the real one takes on a
+    given polynomial depends on what sympy has cached from earlier calls in the process.)"""
+    import sympy
+
+    monkeypatch.setattr(sympy, "solve", lambda *args, **kwargs: time.sleep(600))
+
+
+def test_solve_gives_up_on_hard_polynomials_with_numeric_roots(slow_sympy_solve):
+    # The time limit stops sympy.solve and numeric roots take over, all within the limit; a 4 s limit leaves the
+    # fallback 1 s, several times what it needs even on a loaded machine.
     result, elapsed = timed(lambda: solve(HARD_POLYNOMIAL, time_limit=4))
     assert result.startswith("no exact solution within 3 s; numeric roots: x ≈ ")
     assert result.count("x ≈") == 24
     assert elapsed < 4.5
 
 
-def test_solve_waits_at_most_2_s_by_default():
+def test_solve_waits_at_most_2_s_by_default(slow_sympy_solve):
     """What a chat turn waits for one solve call, fallbacks included, unless the operator sets another limit."""
     result, elapsed = timed(solve, HARD_POLYNOMIAL)
     assert "within 1.5 s" in result, result  # sympy's share; the fallback has the rest, whatever it manages in it
     assert elapsed < 2.5
 
 
-def test_solve_time_limit_is_the_registry_setting():
+def test_solve_time_limit_is_the_registry_setting(slow_sympy_solve):
     registry = tools.build_registry(["solve"], solve_time_limit=1.0)
     start = time.perf_counter()
     result = registry.call("solve", {"equation": HARD_POLYNOMIAL})
