@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xtune.errors import XtuneError
+from xtune.io import write_text_atomically
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,7 @@ def cmd_copy_cfg(args: argparse.Namespace) -> None:
     path = out_dir / f"{args.name}_copy.yaml"
     if path.exists() and not args.force:
         raise XtuneError(f"{path} exists; pass --force to overwrite it")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(preset_yaml(args.name), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomically(path, preset_yaml(args.name))
     print(f"copied {args.name} to {path}")
 
 
