@@ -1,11 +1,12 @@
-"""XTuner v0's verbs and flags (cli.XTUNER_V0): each runs as its xtune alias or stops with one line naming the xtune
+"""XTuner v0's verbs and flags (cli/xtuner_v0.py): each runs as its xtune alias or stops with one line naming the xtune
 command to use (exit 2), never with argparse's bare "invalid choice"."""
 
 from __future__ import annotations
 
 import pytest
 
-from xtune.cli import XTUNER_V0, _check_v0_spelling, build_parser, main
+from xtune.cli import build_parser, main
+from xtune.cli.xtuner_v0 import XTUNER_V0, check_v0_spelling
 from xtune.errors import XtuneError
 
 from .data.test_preview import GOOD, write_config
@@ -68,7 +69,9 @@ def test_every_v0_entry_is_an_alias_or_a_redirect():
 
 def test_v0_words_elsewhere_are_not_redirected():
     # `split` is XTuner's only as convert's sub-verb, `--system-template` only as chat's flag
-    _check_v0_spelling(["check-dataset", "split"])
-    _check_v0_spelling(["train", "cfg.yaml", "--set", "evaluation.system=--system-template"])
+    check_v0_spelling(["check-dataset", "split"])
+    check_v0_spelling(["train", "cfg.yaml", "--set", "evaluation.system=--system-template"])
     with pytest.raises(XtuneError, match="convert split"):
-        _check_v0_spelling(["--debug", "convert", "split"])
+        check_v0_spelling(["--debug", "convert", "split"])
+    with pytest.raises(XtuneError, match="is XTuner v0's"):
+        check_v0_spelling(["--verbose", "convert", "split"])

@@ -8,66 +8,11 @@ import json
 import os
 import sys
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
+from xtune.cli.xtuner_v0 import check_v0_spelling, v0_aliases
 from xtune.errors import XtuneError
 from xtune.io import write_text_atomically
-
-
-@dataclass(frozen=True)
-class _V0:
-    """How xtune answers one of XTuner v0's verbs or flags: `alias` runs the xtune verb (or flag) that does the same;
-    otherwise `instead` is the one line saying what to run."""
-
-    alias: str | None = None
-    instead: str | None = None
-
-
-# XTuner v0's spellings, as a user coming from it types them ("verb", "verb subverb" or "verb --flag"), so that none
-# ends in a bare argparse "invalid choice". Aliases are registered with argparse (build_parser); the others stop in
-# main() with their line and exit status 2.
-XTUNER_V0: dict[str, _V0] = {
-    "check-custom-dataset": _V0(alias="check-dataset"),
-    "mmbench": _V0(alias="eval-mmbench"),
-    "chat --prompt-template": _V0(alias="--template"),
-    "chat --system-template": _V0(
-        instead="xtune has no named system prompts; pass the prompt's text with --system 'You are ...' "
-        "(the template itself is --template, XTuner's --prompt-template)"
-    ),
-    "convert split": _V0(
-        instead="xtune writes sharded Hugging Face directories itself; choose the shard size when merging: "
-        "xtune convert merge BASE ADAPTER OUT --max-shard-size 2GB"
-    ),
-}
-
-
-def _v0_aliases(command: str, name: str | None = None) -> list[str]:
-    """XTuner v0's aliases of an xtune verb (`name` None) or of one of its flags (`name` "--flag")."""
-    aliases = []
-    for spelling, v0 in XTUNER_V0.items():
-        verb, _, word = spelling.partition(" ")
-        if name is None and not word and v0.alias == command:
-            aliases.append(verb)
-        elif name is not None and verb == command and v0.alias == name:
-            aliases.append(word)
-    return aliases
-
-
-def _check_v0_spelling(argv: list[str]) -> None:
-    """Stop with the xtune command to use when argv spells one of XTuner v0's verbs or flags that xtune has no alias
-    for (the aliases argparse handles itself)."""
-    words = [a for a in argv if a != "--debug"]
-    for spelling, v0 in XTUNER_V0.items():
-        if v0.instead is None:
-            continue
-        verb, _, word = spelling.partition(" ")
-        if words[:1] != [verb]:
-            continue
-        rest = words[1:]
-        given = any(a == word or a.startswith(f"{word}=") for a in rest) if word.startswith("-") else rest[:1] == [word]
-        if given:
-            raise XtuneError(f"`xtune {spelling}` is XTuner v0's: {v0.instead}")
 
 
 def cmd_list_cfg(args: argparse.Namespace) -> None:
@@ -301,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "check-dataset",
-        aliases=_v0_aliases("check-dataset"),
+        aliases=v0_aliases("check-dataset"),
         help="read every record of a config's datasets and report problems",
     )
     p.add_argument("config")
@@ -355,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, choices=[4, 8], help="load the base quantised (bitsandbytes)")
     p.add_argument(
         "--template",
-        *_v0_aliases("chat", "--template"),
+        *v0_aliases("chat", "--template"),
         help="chat template name; default: the one the model was trained with",
     )
     p.add_argument("--system", help="system prompt")
@@ -407,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "eval-mmbench",
-        aliases=_v0_aliases("eval-mmbench"),
+        aliases=v0_aliases("eval-mmbench"),
         help="score a LLaVA model on a multiple-choice image TSV (MMBench layout)",
     )
     p.add_argument("model", help="a LLaVA output: stage 1 or 2 final directory, or a merged model")
@@ -474,7 +419,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     argv = sys.argv[1:] if argv is None else argv
     try:
-        _check_v0_spelling(argv)
+        check_v0_spelling(argv)
     except XtuneError as e:
         print(f"xtune: error: {e}", file=sys.stderr)
         sys.exit(2)
