@@ -313,6 +313,18 @@ CASES = [
         "write, or a checkpoint of an older xtune)",
         {"checkpoint-5/trainer_state.json": b'{"step": 5}'},
     ),
+    Case(
+        "llava-stage-2-without-stage-1",
+        [
+            "train",
+            "tiny_llava_lora_finetune",
+            "--work-dir",
+            "{work}",
+            "--set",
+            "model.vision.projector_path={inputs}/nope",
+        ],
+        "xtune: error: model.vision.projector_path: {inputs}/nope does not exist; point it at stage 1's output (final)",
+    ),
     # 9. causes that used to escape as tracebacks
     Case(
         "log-dataset-count-0",

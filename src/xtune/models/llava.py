@@ -204,12 +204,18 @@ def save_projector(model: torch.nn.Module, out_dir: Path) -> None:
     save_file(state, out_dir / PROJECTOR_FILE)
 
 
-def load_projector(model: torch.nn.Module, path: str | Path) -> None:
-    """Stage 1's projector weights (its output directory or the projector.safetensors in it)."""
+def projector_file(path: str | Path) -> Path:
+    """The projector.safetensors of stage 1's output directory (or the file itself), which must exist."""
     path = Path(path).expanduser()
     file = path / PROJECTOR_FILE if path.is_dir() else path
     if not file.is_file():
         raise ConfigError(f"model.vision.projector_path: {file} does not exist; point it at stage 1's output (final)")
+    return file
+
+
+def load_projector(model: torch.nn.Module, path: str | Path) -> None:
+    """Stage 1's projector weights (its output directory or the projector.safetensors in it)."""
+    file = projector_file(path)
     projector = projector_module(model)
     weights = load_file(file)
     expected = {k: tuple(v.shape) for k, v in projector.state_dict().items()}

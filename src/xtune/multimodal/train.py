@@ -19,6 +19,7 @@ from xtune.models.llava import (
     load_llava,
     multimodal_tokenizer,
     prepare_for_training,
+    projector_file,
     save_processor,
     save_projector,
 )
@@ -42,6 +43,8 @@ class LlavaTask(TextTask):
             )
         super().__init__(cfg, work_dir, world)
         vision = cfg.model.vision
+        if vision.projector_path:  # before any work: stage 2 cannot start without stage 1's output
+            projector_file(vision.projector_path)
         self.image_tokens = image_token_count(vision)
         self.image_processor = image_processor(vision, cfg.data.pad_image_to_square)
         self.base_dir = work_dir / "base_model"
