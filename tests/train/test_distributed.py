@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from xtune.config.presets import get_preset, merge
 from xtune.config.schema import validate_config
 from xtune.errors import ConfigError
+from xtune.multimodal.train import task_for
 from xtune.train import recipe
 from xtune.train.distributed import World
 
@@ -81,4 +82,4 @@ def test_fsdp_refuses_llava_adapter_stages_clearly(monkeypatch, tmp_path, preset
     monkeypatch.setattr(recipe, "init_world", lambda: World(rank=0, size=2))
     cfg = validate_config(merge(get_preset(preset), {"training": {"engine": "fsdp"}}))
     with pytest.raises(ConfigError, match=f"--fsdp does not support LLaVA's {method} stage"):
-        recipe.FinetuneRecipe(cfg, tmp_path).setup()
+        recipe.FinetuneRecipe(cfg, tmp_path, task=task_for(cfg)).setup()
