@@ -59,6 +59,21 @@ def learning_threads():
 
 
 @pytest.fixture(scope="session")
+def one_layer_model_dir(tmp_path_factory) -> Path:
+    """A complete model directory (weights, config, tokenizer) of the tiny Llama with one layer, random weights:
+    for tests that load a model the way users do, without training one. Read-only: copy it to change it."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = tmp_path_factory.mktemp("one_layer") / "tiny-llama"
+    config = AutoConfig.from_pretrained(TINY_LLAMA)
+    config.num_hidden_layers = 1
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(path)
+    AutoTokenizer.from_pretrained(TINY_LLAMA).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("xtune_cache")
 

@@ -9,9 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from xtune.chat.session import ChatSession
 from xtune.cli import chat as chat_cli
@@ -35,14 +33,8 @@ def lookup_order(order: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("chat") / "model"
-    config = AutoConfig.from_pretrained(TINY_LLAMA)
-    config.num_hidden_layers = 1
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(path)
-    AutoTokenizer.from_pretrained(TINY_LLAMA).save_pretrained(path)
-    return path
+def model_dir(one_layer_model_dir) -> Path:
+    return one_layer_model_dir
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from xtune.config.schema import ModelSettings
 from xtune.errors import ConfigError
@@ -20,14 +20,8 @@ TINY_LLAMA = Path(__file__).resolve().parents[2] / "src" / "xtune" / "assets" / 
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("loading") / "tiny-llama"
-    config = AutoConfig.from_pretrained(TINY_LLAMA)
-    config.num_hidden_layers = 1
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(path)
-    AutoTokenizer.from_pretrained(TINY_LLAMA).save_pretrained(path)
-    return path
+def model_dir(one_layer_model_dir) -> Path:
+    return one_layer_model_dir
 
 
 def test_checkpointed_lora_calls_no_deprecated_checkpointing_api(model_dir):

@@ -5,26 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from xtune.data.encode import IGNORE_INDEX, EncodedSample
 from xtune.data.packing import collate, pack, single_rows
 from xtune.train.objectives import SFT, ObjectiveLoss, token_logps
 
+from ..data.test_packing_isolation import tiny_llama
+
 
 @pytest.fixture(scope="module")
 def model() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=97,
-        max_position_embeddings=128,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama().eval()
 
 
 def samples() -> list[EncodedSample]:
