@@ -7,7 +7,16 @@ import pytest
 
 from xtune.cli import main
 from xtune.config import ConfigError, list_presets, resolve_config
-from xtune.config.presets import DATASETS, FAMILIES, METHODS, PRESETS, TINY_METHODS, get_preset, merge
+from xtune.config.presets import (
+    DATASETS,
+    FAMILIES,
+    METHODS,
+    PREFERENCE_PRESETS,
+    PRESETS,
+    TINY_METHODS,
+    get_preset,
+    merge,
+)
 from xtune.config.schema import Config, TrainingSettings, load_config, parse_yaml
 
 EXPECTED_TEMPLATE = {"internlm2": "internlm2_chat", "qwen2": "qwen_chat", "llama3": "llama3_chat"}
@@ -35,7 +44,7 @@ def test_every_preset_validates(name):
 
 def test_every_family_method_dataset_combination_is_a_preset():
     expected = {f"{f}_{m}_{d}_e3" for f in FAMILIES for m in METHODS for d in DATASETS}
-    expected |= {f"tiny_assistant_{m}" for m in TINY_METHODS}
+    expected |= {f"tiny_assistant_{m}" for m in TINY_METHODS} | {"tiny_assistant_dpo", *PREFERENCE_PRESETS}
     expected |= {"tiny_llava_pretrain", "tiny_llava_lora_finetune", *LLAVA_NAMES}
     assert set(PRESETS) == expected
     # the XTuner names users know
@@ -52,8 +61,13 @@ def test_preset_names_match_their_contents():
     for name in PRESETS:
         cfg, _ = resolve_config(name)
         if name.startswith("tiny_assistant_"):
-            assert cfg.model.method == name.removeprefix("tiny_assistant_")
+            kind = name.removeprefix("tiny_assistant_")
+            assert kind in (cfg.model.method, cfg.training.objective)
             assert cfg.training.epochs is None and cfg.training.max_steps
+            continue
+        if cfg.training.objective != "sft":  # <family>_[<method>_]<objective>_<full|dataset...>, as XTuner's
+            assert f"_{cfg.training.objective}_" in name and cfg.model.method in name
+            assert {d.format for d in cfg.data.datasets} == {"preference_conversations"}
             continue
         if "llava" in name:  # stage 1 trains the projector alone, stage 2 starts from its output
             assert cfg.model.vision is not None and {d.format for d in cfg.data.datasets} == {"llava"}

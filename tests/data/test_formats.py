@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from xtune.data.formats import EXAMPLES, MAP_FUNCTIONS, RecordError, get_map_fn
+from xtune.data.formats import EXAMPLES, MAP_FUNCTIONS, RecordError, get_map_fn, preference_pair
 from xtune.errors import ConfigError
 
 
@@ -169,8 +169,8 @@ def test_every_builtin_maps_its_documented_example(name):
     sample = MAP_FUNCTIONS[name](EXAMPLES[name])
     if name == "pretrain":
         assert set(sample) == {"text"} and sample["text"]
-    else:
-        messages = sample["messages"]
+        return
+    for messages in preference_pair(sample) if "chosen" in sample else [sample["messages"]]:
         assert messages[-1]["role"] == "assistant" and messages[-1]["content"]
         assert any(m["role"] == "user" for m in messages)
 

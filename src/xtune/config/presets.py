@@ -45,6 +45,33 @@ DATASETS: dict[str, dict[str, Any]] = {
     "oasst1": {"data": {"datasets": [{"path": "data/openassistant-guanaco/train.jsonl", "format": "oasst1"}]}},
 }
 
+# Preference training, as XTuner's dpo/ and orpo/ configs: from the family's SFT model, on pairs saved locally.
+PREFERENCE_DATASETS: dict[str, dict[str, Any]] = {
+    # https://huggingface.co/datasets/mlabonne/orpo-dpo-mix-40k, saved locally as JSONL.
+    "orpo_dpo_mix_40k": {
+        "data": {"datasets": [{"path": "data/orpo-dpo-mix-40k/train.jsonl", "format": "preference_conversations"}]}
+    },
+    # https://huggingface.co/datasets/HuggingFaceH4/ultrafeedback_binarized (split train_prefs), saved as JSONL.
+    "ultrafeedback": {
+        "data": {
+            "datasets": [
+                {"path": "data/ultrafeedback_binarized/train_prefs.jsonl", "format": "preference_conversations"}
+            ]
+        }
+    },
+}
+PREFERENCE_BASE: dict[str, Any] = {
+    "model": {"path": "internlm/internlm2-chat-1_8b-sft"},
+    "data": {"template": "internlm2_chat", "max_length": 2048, "pack_to_max_length": False},
+    "evaluation": {"inputs": ["Please tell me five scenic spots in Shanghai"]},
+}
+# name -> (method, objective and its settings, dataset, learning rate): XTuner's values (lr from the alignment handbook)
+PREFERENCE_PRESETS: dict[str, tuple[str, dict[str, Any], str, float]] = {
+    "internlm2_chat_1_8b_dpo_full": ("full", {"objective": "dpo"}, "orpo_dpo_mix_40k", 5e-7),
+    "internlm2_chat_1_8b_qlora_dpo_ultrafeedback_e3": ("qlora", {"objective": "dpo"}, "ultrafeedback", 5e-5),
+    "internlm2_chat_1_8b_orpo_full": ("full", {"objective": "orpo"}, "orpo_dpo_mix_40k", 5e-6),
+}
+
 BASE: dict[str, Any] = {  # what XTuner's configs set beyond the schema's defaults (which they share)
     "data": {"pack_to_max_length": True},
     "evaluation": {"inputs": ["请给我介绍五个上海的景点", "Please tell me five scenic spots in Shanghai"]},
@@ -76,6 +103,16 @@ TINY_METHODS: dict[str, dict[str, Any]] = {
     "lora": {"model": {"method": "lora", "lora": {"r": 64, "alpha": 128, "dropout": 0.0}}, "training": {"lr": 3e-3}},
     "full": {"model": {"method": "full"}, "training": {"lr": 1e-3}},
     "qlora": {"model": {"method": "qlora", "lora": {"r": 64, "alpha": 128, "dropout": 0.0}}, "training": {"lr": 3e-3}},
+}
+
+# Preference training after the demo's SFT: `xtune train tiny_assistant_dpo` starts from tiny_assistant_lora's adapter
+# (merged: the base and the reference) and learns from bundled pairs whose chosen replies end with a sign-off.
+TINY_DPO: dict[str, Any] = {
+    "model": {"path": "work_dirs/tiny_assistant_lora/final", "random_init": False},
+    "data": {"datasets": [{"path": "builtin:data/tiny_preference.jsonl", "format": "preference"}]},
+    "training": {"objective": "dpo", "max_steps": 60, "lr": 1e-3, "preference": {"beta": 0.1}},
+    "saving": {"save_steps": 30},
+    "evaluation": {"freq": 30},
 }
 
 
@@ -196,6 +233,11 @@ def _build() -> dict[str, dict[str, Any]]:
                 )
     for method, method_part in TINY_METHODS.items():
         presets[f"tiny_assistant_{method}"] = merge(TINY_ASSISTANT, method_part)
+    presets["tiny_assistant_dpo"] = merge(TINY_ASSISTANT, TINY_METHODS["lora"], TINY_DPO)
+    for name, (method, objective, dataset, lr) in PREFERENCE_PRESETS.items():
+        training = {"epochs": 3, "lr": lr, **objective}
+        parts = (METHODS[method], PREFERENCE_BASE, PREFERENCE_DATASETS[dataset], {"training": training})
+        presets[name] = merge(BASE, *parts)
     llava = "llava_internlm2_chat_1_8b_{}clip_vit_large_p14_336_{}e1_gpu8_{}"
     presets[llava.format("", "", "pretrain")] = merge(LLAVA_INTERNLM2_1_8B, LLAVA_STAGES["pretrain"])
     presets[llava.format("qlora_", "lora_", "finetune")] = merge(LLAVA_INTERNLM2_1_8B, LLAVA_STAGES["finetune"])

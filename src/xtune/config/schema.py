@@ -124,6 +124,20 @@ class DataSettings(_Section):
     skip_bad_images: bool = Field(False, description="Skip (and count) records whose images fail; default: stop.")
 
 
+OBJECTIVE_NAMES = ("sft", "dpo", "ipo", "hinge", "simpo", "orpo")
+PREFERENCE_OBJECTIVES = OBJECTIVE_NAMES[1:]  # trained on preference pairs (formats preference, hh_rlhf, ...)
+
+
+class PreferenceSettings(_Section):
+    """The preference objectives' coefficients (training.objective dpo, ipo, hinge, simpo, orpo)."""
+
+    beta: float = Field(0.1, gt=0, description="How far the policy may move from the reference (SimPO: reward scale).")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="dpo, simpo: share of pairs assumed mislabelled.")
+    gamma: float = Field(0.5, ge=0.0, description="simpo: the reward margin chosen must win by (gamma / beta).")
+    orpo_lambda: float = Field(0.1, gt=0, description="orpo: weight of the odds-ratio term beside the SFT loss.")
+    sft_weight: float = Field(0.0, ge=0.0, description="Weight of an added SFT loss on the chosen reply.")
+
+
 class TrainingSettings(_Section):
     epochs: int | None = Field(3, gt=0, description="Passes over the data (unless max_steps is set).")
     max_steps: int | None = Field(None, gt=0, description="Optimizer steps; overrides epochs when set.")
@@ -137,6 +151,10 @@ class TrainingSettings(_Section):
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this; null: no clipping.")
     seed: int = Field(0, description="Random seed: data order, initialisation, dropout.")
+    objective: Literal[OBJECTIVE_NAMES] = Field(
+        "sft", description="sft, or a preference objective on pairs: dpo, ipo, hinge, simpo, orpo."
+    )
+    preference: PreferenceSettings = Field(PreferenceSettings(), description="Coefficients of the preference losses.")
     mixed_precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 autocast where the hardware runs it fast, else fp32."
     )

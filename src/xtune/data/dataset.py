@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 import xtune
 from xtune.assets import resolve_path
 from xtune.config.schema import DatasetSettings, DataSettings
-from xtune.data.encode import EncodedSample, encode_batch, has_trained_tokens, sample_segments
+from xtune.data.encode import EncodedSample, encode_batch, has_trained_tokens, joined, sample_segment_lists
 from xtune.data.formats import MapFn, RecordError, get_map_fn
 from xtune.data.loading import load_records, record_locator
 from xtune.data.packing import Row, fill_ratio, pack, single_rows
@@ -43,6 +43,8 @@ def untrained_reason(sample: EncodedSample) -> str | None:
     """Why an encoded sample trains nothing (it is skipped and counted under this reason), or None."""
     if has_trained_tokens(sample):
         return None
+    if sample.parts:  # a pair whose reply was cut off entirely: never trained with an empty response
+        return "a reply truncated away within max_length" if sample.truncated else "a reply with nothing to train"
     return "nothing to train within max_length" if sample.truncated else "nothing to train"
 
 
@@ -74,6 +76,7 @@ class TrainingData:
     stats: dict[str, DatasetStats]  # per dataset path
     max_length: int
     packed: bool
+    pairs: bool = False  # preference pairs (chosen and rejected) rather than single samples
 
     @property
     def num_samples(self) -> int:
@@ -96,7 +99,8 @@ class TrainingData:
         return fill_ratio(self.rows, self.max_length) if self.packed else None
 
     def summary(self) -> str:
-        parts = [f"{self.num_samples} samples", f"{self.num_tokens} tokens", f"{len(self.rows)} rows"]
+        samples = f"{self.num_samples // 2} pairs" if self.pairs else f"{self.num_samples} samples"
+        parts = [samples, f"{self.num_tokens} tokens", f"{len(self.rows)} rows"]
         if self.fill is not None:
             parts.append(f"packing fill {self.fill:.1%}")
         if self.truncated:
@@ -132,7 +136,7 @@ class _RecordEncoder:
         records = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
         n = len(records)
         out: dict[str, list] = {"input_ids": [[]] * n, "labels": [[]] * n, "truncated": [False] * n}
-        out.update(images=[[]] * n, error=[""] * n, skip=[""] * n)
+        out.update(images=[[]] * n, error=[""] * n, skip=[""] * n, parts=[[]] * n)
         good = []
         for row, record in enumerate(records):
             try:
@@ -140,7 +144,7 @@ class _RecordEncoder:
                 if "messages" in mapped and not any(m.get("role") == "assistant" for m in mapped["messages"]):
                     out["skip"][row] = NO_ASSISTANT_TURN
                     continue
-                good.append((row, sample_segments(mapped, self.template, self.tokenizer, self.system)))
+                good.append((row, sample_segment_lists(mapped, self.template, self.tokenizer, self.system)))
                 out["images"][row] = mapped.get("images", [])
             except (RecordError, KeyError, TypeError, ValueError) as e:
                 if getattr(e, "skip_reason", None):
@@ -152,13 +156,16 @@ class _RecordEncoder:
                     f"{detail} (format {self.format!r}, keys present: {', '.join(record) or 'none'}). Fix the record "
                     "or choose the format that matches your data (`xtune list-dataset-format`)."
                 )
-        encoded = encode_batch([segments for _, segments in good], self.tokenizer, self.max_length) if good else []
-        for (row, _), sample in zip(good, encoded, strict=True):
+        flat = [segments for _, lists in good for segments in lists]
+        encoded = iter(encode_batch(flat, self.tokenizer, self.max_length) if flat else [])
+        for row, lists in good:
+            sample = joined([next(encoded) for _ in lists])
             out["input_ids"][row], out["labels"][row], out["truncated"][row] = (
                 sample.input_ids,
                 sample.labels,
                 sample.truncated,
             )
+            out["parts"][row] = sample.parts
         return out
 
 
@@ -199,8 +206,8 @@ def encode_records(
         batches = (encoder(records[start : start + ENCODE_BATCH]) for start in range(0, len(records), ENCODE_BATCH))
     index = 0
     for columns in batches:
-        fields = ("input_ids", "labels", "truncated", "images", "error", "skip")
-        for ids, labels, truncated, images, error, skip in zip(*(columns[k] for k in fields), strict=True):
+        fields = ("input_ids", "labels", "truncated", "images", "error", "skip", "parts")
+        for ids, labels, truncated, images, error, skip, parts in zip(*(columns[k] for k in fields), strict=True):
             if skip:
                 if on_skip is not None:
                     on_skip(skip, index)
@@ -209,7 +216,7 @@ def encode_records(
                     raise BadRecord(locate(index), error)
                 on_error(BadRecord(locate(index), error))
             else:
-                yield index, EncodedSample(ids, labels, truncated, images)
+                yield index, EncodedSample(ids, labels, truncated, images, parts)
             index += 1
 
 
@@ -228,8 +235,9 @@ def tokenized_dataset(
         stats_raw = json.loads((cache / "stats.json").read_text())
         columns = datasets.load_from_disk(str(cache / "samples")).to_dict()
         images = columns.get("images") or [[] for _ in columns["input_ids"]]
-        rows = zip(columns["input_ids"], columns["labels"], columns["truncated"], images, strict=True)
-        samples = [EncodedSample(i, lab, t, list(im)) for i, lab, t, im in rows]
+        parts = columns.get("parts") or [[] for _ in columns["input_ids"]]
+        rows = zip(columns["input_ids"], columns["labels"], columns["truncated"], images, parts, strict=True)
+        samples = [EncodedSample(i, lab, t, list(im), list(p)) for i, lab, t, im, p in rows]
         stats = DatasetStats(
             stats_raw["samples"],
             stats_raw["tokens"],
@@ -265,6 +273,8 @@ def tokenized_dataset(
             }
             if any(s.images for s in samples):
                 columns["images"] = [s.images for s in samples]
+            if any(s.parts for s in samples):
+                columns["parts"] = [s.parts for s in samples]
             datasets.Dataset.from_dict(columns).save_to_disk(str(tmp / "samples"))
             stats_raw = {
                 "samples": stats.samples,
@@ -308,8 +318,14 @@ def build_training_data(
             "no sample has anything to train on: check the datasets' format and data.max_length "
             f"({data.max_length}); dropped: {dict(dropped)}"
         )
+    pairs = {bool(s.parts) for s in samples}
+    if len(pairs) > 1:
+        raise DataError(
+            "the datasets mix preference pairs and single conversations; train them in separate runs "
+            "(SFT first, then a preference objective)"
+        )
     rows = pack(samples, data.max_length) if data.pack_to_max_length else single_rows(samples)
-    return TrainingData(rows=rows, stats=all_stats, max_length=data.max_length, packed=data.pack_to_max_length)
+    return TrainingData(rows, all_stats, data.max_length, data.pack_to_max_length, pairs=pairs == {True})
 
 
 def mixture_factors(datasets_: list[DatasetSettings], sizes: list[int]) -> list[float]:

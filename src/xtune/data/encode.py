@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-from xtune.data.formats import Sample
+from xtune.data.formats import Sample, preference_pair
 from xtune.templates import Segment, Template
 
 IGNORE_INDEX = -100
@@ -25,6 +25,16 @@ class EncodedSample:
     labels: list[int]
     truncated: bool = False
     images: list[str] = field(default_factory=list)  # image files, in the order of their tokens (multimodal)
+    # The lengths of the sequences this sample joins end to end, each with its own positions from 0: a preference
+    # pair's chosen and rejected conversations. Empty: one sequence. Packing never splits them.
+    parts: list[int] = field(default_factory=list)
+
+    def part_slices(self) -> list[slice]:
+        """Where each sequence lies in input_ids (one slice for a plain sample)."""
+        bounds = [0]
+        for n in self.parts or [len(self.input_ids)]:
+            bounds.append(bounds[-1] + n)
+        return [slice(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 def sample_segments(
@@ -37,6 +47,29 @@ def sample_segments(
     if template is None:
         raise ValueError("a conversation sample needs a chat template")
     return template.render(sample["messages"], bos=bos, eos=eos, tools=sample.get("tools"), system=system)
+
+
+def sample_segment_lists(
+    sample: Sample, template: Template | None, tokenizer: PreTrainedTokenizerBase, system: str | None = None
+) -> list[list[Segment]]:
+    """The segments of each sequence of a sample: one, or a preference pair's chosen and rejected, rendered by the
+    same template as SFT so that their prompts are the same text (only the final reply of each is trained)."""
+    if "chosen" not in sample and "rejected" not in sample:
+        return [sample_segments(sample, template, tokenizer, system)]
+    extra = {"tools": sample["tools"]} if "tools" in sample else {}
+    return [sample_segments({"messages": c, **extra}, template, tokenizer, system) for c in preference_pair(sample)]
+
+
+def joined(sequences: Sequence[EncodedSample]) -> EncodedSample:
+    """Several encoded sequences as one sample (a preference pair), positions restarting at each (see parts)."""
+    if len(sequences) == 1:
+        return sequences[0]
+    return EncodedSample(
+        [i for s in sequences for i in s.input_ids],
+        [label for s in sequences for label in s.labels],
+        any(s.truncated for s in sequences),
+        parts=[len(s.input_ids) for s in sequences],
+    )
 
 
 def adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -73,4 +106,5 @@ def _label(segments: list[Segment], ids: list[int], offsets: list[tuple[int, int
 
 
 def has_trained_tokens(sample: EncodedSample) -> bool:
-    return any(label != IGNORE_INDEX for label in sample.labels)
+    """Whether every sequence of the sample (both of a pair) has a trained token."""
+    return all(any(label != IGNORE_INDEX for label in sample.labels[part]) for part in sample.part_slices())

@@ -20,9 +20,13 @@ from xtune.user_code import load_function
 
 
 class Sample(TypedDict, total=False):
-    """A conversation (messages, and the tools it may call) or pre-training text; images for multimodal data."""
+    """A conversation (messages, and the tools it may call) or pre-training text; images for multimodal data; or a
+    preference pair: two conversations, `chosen` and `rejected`, that share everything but their final assistant
+    turn (see preference_pair)."""
 
     messages: list[Message]
+    chosen: list[Message]
+    rejected: list[Message]
     tools: list[dict[str, Any]]
     text: str
     images: list[str]
@@ -121,25 +125,28 @@ def _drop_leading_assistant(messages: list[dict]) -> list[dict]:
 def openai(record: dict) -> Sample:
     """{"messages": [{"role", "content", "loss"?, "tool_calls"?}], "tools"?} as in OpenAI fine-tuning files: assistant
     tool calls, `tool` results and the tool list render in the template's own tool format."""
-    messages = record.get("messages")
+    out = _conversation(record.get("messages"), "messages")
+    return _with_tools({"messages": _drop_leading_assistant(out)}, record)
+
+
+def _conversation(messages: Any, key: str) -> list[Message]:
+    """A list of OpenAI-style messages under `key`, checked and converted."""
     if not isinstance(messages, list) or not messages:
-        raise RecordError("missing key 'messages' (a non-empty list of {role, content})", "messages")
+        raise RecordError(f"missing key {key!r} (a non-empty list of {{role, content}})", key)
     out = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise RecordError(f"messages[{i}] must be an object with role and content", f"messages[{i}]")
+            raise RecordError(f"{key}[{i}] must be an object with role and content", f"{key}[{i}]")
         role = message.get("role")
         if role not in ROLES:
-            raise RecordError(
-                f"messages[{i}].role is {role!r}; expected one of {', '.join(ROLES)}", f"messages[{i}].role"
-            )
-        calls = _tool_calls(message.get("tool_calls"), f"messages[{i}].tool_calls") if role == "assistant" else []
+            raise RecordError(f"{key}[{i}].role is {role!r}; expected one of {', '.join(ROLES)}", f"{key}[{i}].role")
+        calls = _tool_calls(message.get("tool_calls"), f"{key}[{i}].tool_calls") if role == "assistant" else []
         if calls and message.get("content") is None:  # OpenAI writes "content": null beside tool calls
             content = ""
         elif "content" in message:
             content = _text(message, "content")
         else:
-            raise RecordError(f"messages[{i}] is missing key 'content'", f"messages[{i}].content")
+            raise RecordError(f"{key}[{i}] is missing key 'content'", f"{key}[{i}].content")
         converted: dict[str, Any] = {"role": role, "content": content}
         if calls:
             converted["tool_calls"] = calls
@@ -147,12 +154,12 @@ def openai(record: dict) -> Sample:
         if loss is not None:  # None: the key is absent, or datasets filled it in for a record without it
             if not isinstance(loss, bool):  # bool("false") is True: a quoted or numeric flag would be trained
                 raise RecordError(
-                    f"messages[{i}].loss must be true or false (a JSON boolean), got {loss!r}", f"messages[{i}].loss"
+                    f"{key}[{i}].loss must be true or false (a JSON boolean), got {loss!r}", f"{key}[{i}].loss"
                 )
             converted["loss"] = loss
         out.append(converted)
     _check_tool_results(out)
-    return _with_tools({"messages": _drop_leading_assistant(out)}, record)
+    return out
 
 
 def _check_tool_results(messages: list[dict]) -> None:
@@ -269,6 +276,83 @@ def pretrain(record: dict) -> Sample:
     return {"text": _text(record, "text")}
 
 
+# ---------------------------------------------------------------------------------------------- preference pairs
+def preference_pair(sample: Sample) -> tuple[list[Message], list[Message]]:
+    """The two conversations of a preference sample, as they are trained: everything before the final assistant
+    turn is the shared prompt (context, never trained, earlier assistant turns included), and only that final turn
+    is scored. Raises RecordError where the two do not share their prompt."""
+    chosen, rejected = sample.get("chosen"), sample.get("rejected")
+    for key, conversation in (("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(conversation, list) or not conversation or conversation[-1].get("role") != "assistant":
+            raise RecordError(f"key {key!r} must be a conversation that ends with an assistant turn", key)
+    if chosen[:-1] != rejected[:-1]:
+        first = next(
+            (i for i, (c, r) in enumerate(zip(chosen[:-1], rejected[:-1], strict=False)) if c != r),
+            min(len(chosen), len(rejected)) - 1,
+        )
+        raise RecordError(
+            f"chosen and rejected differ at message {first}, before their final assistant turns: a pair shares its "
+            "prompt and differs only in the last reply",
+            "chosen",
+        )
+    prompt = [{**m, "loss": False} if m["role"] == "assistant" else m for m in chosen[:-1]]
+    return prompt + [{**chosen[-1], "loss": True}], prompt + [{**rejected[-1], "loss": True}]
+
+
+def _turns(record: dict, key: str, role: str) -> list[Message]:
+    """`key` as messages: a string is one message of `role`, a list is OpenAI-style messages."""
+    value = record.get(key)
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, list):
+        return _conversation(value, key)
+    if value is None:
+        raise RecordError(f"missing key {key!r}", key)
+    raise RecordError(f"key {key!r} must be a string or a list of {{role, content}}, got {type(value).__name__}", key)
+
+
+def preference(record: dict) -> Sample:
+    """{"prompt": [messages] or "text", "chosen": [messages] or "text", "rejected": [messages] or "text", "system"?}:
+    a preference pair with an explicit prompt (XTuner, TRL); only the final reply of chosen and rejected is scored."""
+    prompt = _turns(record, "prompt", "user")
+    system = _text(record, "system", required=False)
+    if system and prompt[0]["role"] != "system":
+        prompt = [{"role": "system", "content": system}, *prompt]
+    sample: Sample = {"chosen": prompt + _turns(record, "chosen", "assistant")}
+    sample["rejected"] = prompt + _turns(record, "rejected", "assistant")
+    preference_pair(sample)
+    return _with_tools(sample, record)
+
+
+def preference_conversations(record: dict) -> Sample:
+    """{"chosen": [messages], "rejected": [messages]}: two whole conversations sharing everything up to the last
+    assistant turn (UltraFeedback-binarized); only that turn is scored."""
+    sample: Sample = {"chosen": _turns(record, "chosen", "user"), "rejected": _turns(record, "rejected", "user")}
+    preference_pair(sample)
+    return _with_tools(sample, record)
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+
+
+def _hh_conversation(record: dict, key: str) -> list[Message]:
+    pieces = _HH_TURN.split(_text(record, key))
+    if pieces[0].strip() or len(pieces) < 3:
+        raise RecordError(f"key {key!r} must be '\\n\\nHuman: ...\\n\\nAssistant: ...' turns", key)
+    return [
+        {"role": "user" if who == "Human" else "assistant", "content": body.strip()}
+        for who, body in zip(pieces[1::2], pieces[2::2], strict=True)
+    ]
+
+
+def hh_rlhf(record: dict) -> Sample:
+    """{"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": ...} (Anthropic HH-RLHF): text pairs that
+    share every turn but the last assistant reply, which alone is scored."""
+    sample: Sample = {"chosen": _hh_conversation(record, "chosen"), "rejected": _hh_conversation(record, "rejected")}
+    preference_pair(sample)
+    return sample
+
+
 MAP_FUNCTIONS: dict[str, MapFn] = {
     "alpaca": alpaca,
     "alpaca_zh": alpaca_zh,
@@ -278,6 +362,9 @@ MAP_FUNCTIONS: dict[str, MapFn] = {
     "prompt_response": prompt_response,
     "pretrain": pretrain,
     "react": react,
+    "preference": preference,
+    "preference_conversations": preference_conversations,
+    "hh_rlhf": hh_rlhf,
 }
 
 EXAMPLES: dict[str, dict] = {
@@ -292,6 +379,15 @@ EXAMPLES: dict[str, dict] = {
         "question": "What is 6 * 7?",
         "response": 'Thought: multiply\nAction: calculate\nAction Input: {"expression": "6 * 7"}\nObservation: 42\n'
         "Final Answer: 42",
+    },
+    "preference": {"prompt": "Hi", "chosen": "Hello! How can I help?", "rejected": "What?"},
+    "preference_conversations": {
+        "chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}],
+        "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "What?"}],
+    },
+    "hh_rlhf": {
+        "chosen": "\n\nHuman: Hi\n\nAssistant: Hello! How can I help?",
+        "rejected": "\n\nHuman: Hi\n\nAssistant: What?",
     },
 }
 

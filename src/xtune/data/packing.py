@@ -23,11 +23,14 @@ class Row:
     labels: list[int] = field(default_factory=list)
     position_ids: list[int] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
+    # Each sample's reference log-probabilities, where an objective computed them before training (full-model DPO)
+    reference_logps: list[float] = field(default_factory=list)
 
     def add(self, sample: EncodedSample) -> None:
         self.input_ids += sample.input_ids
         self.labels += sample.labels
-        self.position_ids += range(len(sample.input_ids))
+        for part in sample.part_slices():  # positions restart at each sequence (both of a preference pair)
+            self.position_ids += range(part.stop - part.start)
         self.images += sample.images
 
     def __len__(self) -> int:
@@ -85,7 +88,10 @@ def collate(rows: Sequence[Row], pad_token_id: int, flatten: bool = False) -> di
         labels[i, :n] = torch.tensor(row.labels)
         position_ids[i, :n] = torch.tensor(row.position_ids)
         position_ids[i, n:] = torch.arange(width - n)
-    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    if any(row.reference_logps for row in rows):  # in batch order, as token_logps gives the policy's
+        batch["reference_logps"] = torch.tensor([x for row in rows for x in row.reference_logps])
+    return batch
 
 
 def _concatenated(rows: Sequence[Row]) -> Row:
@@ -94,6 +100,7 @@ def _concatenated(rows: Sequence[Row]) -> Row:
         flat.input_ids += row.input_ids
         flat.labels += row.labels
         flat.position_ids += row.position_ids
+        flat.reference_logps += row.reference_logps
     return flat
 
 

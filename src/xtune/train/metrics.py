@@ -98,17 +98,19 @@ class RunLog:
         with self.metrics_file.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tensorboard is not None:
-            for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
+            for key in ("loss", "lr", "grad_norm", "tokens_per_s", *(k for k in record if "/" in k)):
                 if record.get(key) is not None:
                     self.tensorboard.add_scalar(f"train/{key}", record[key], record["step"])
         self.progress.update(
             self.task, completed=record["step"], status=f"loss {record['loss']:.4f} lr {record['lr']:.2e}"
         )
         if show:
+            # an objective's own metrics (preference: rewards/accuracy, rewards/margin, ...) after the loss
+            extra = "".join(f" {k} {v:.4g}" for k, v in record.items() if "/" in k)
             remaining = self.progress.tasks[0].time_remaining
             eta = f"{remaining / 60:.1f} min" if remaining is not None else "?"
             logger.info(
-                f"step {record['step']}/{self.progress.tasks[0].total} loss {record['loss']:.4f} "
+                f"step {record['step']}/{self.progress.tasks[0].total} loss {record['loss']:.4f}{extra} "
                 f"lr {record['lr']:.3e} grad_norm {record['grad_norm']:.3f} "
                 f"tokens/s {record['tokens_per_s']:.0f} eta {eta} mem {memory_used()}"
             )

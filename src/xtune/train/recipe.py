@@ -23,6 +23,7 @@ from xtune.chat.session import ChatSession
 from xtune.chat.tools import build_registry
 from xtune.config.schema import CONFIG_FILE, Config
 from xtune.data import build_training_data
+from xtune.data.dataset import cache_root
 from xtune.data.packing import epoch_batches, group_lengths
 from xtune.io import write_atomically
 from xtune.models.attention import use_causal_chunked_attention
@@ -34,7 +35,7 @@ from xtune.train.distributed import all_reduce_sum, barrier, device_for, init_wo
 from xtune.train.engines import build_engine
 from xtune.train.loss import compile_decoder_layers
 from xtune.train.metrics import RunLog, logger, setup_logging
-from xtune.train.objectives import OBJECTIVES, ObjectiveLoss
+from xtune.train.objectives import Forwards, ObjectiveLoss, build_objective
 from xtune.train.task import TextTask, point_adapters_at_base
 
 
@@ -71,13 +72,14 @@ class FinetuneRecipe:
         # Before anything is written or loaded: a config, engine or --resume that cannot be honoured costs nothing.
         self.task = self.task_type(cfg, self.work_dir, self.world)
         self.engine = build_engine(cfg.training, self.world, trainable_only=cfg.model.method != "full")
-        self.objective = OBJECTIVES["sft"](compile=cfg.training.compile)
+        self.objective = build_objective(cfg.training, self.world)
         check_no_previous_run(self.work_dir, resume, overwrite)
         resume_from, skipped = checkpoint_to_resume(self.work_dir, resume)
         torch.manual_seed(cfg.training.seed)
         self._setup_data()
         self._setup_run_dir(overwrite, skipped)
         self._setup_model()
+        self._prepare_objective()
         self._setup_engine()
         self._setup_schedule()
         self.step = 0
@@ -129,6 +131,13 @@ class FinetuneRecipe:
             compile_decoder_layers(self.model)
             if self.device.type == "cpu" and self.cfg.model.attn_implementation == "auto":
                 use_causal_chunked_attention(causal_lm(self.model).get_decoder().config)
+
+    def _prepare_objective(self) -> None:
+        """What the objective checks and computes before the first step, with the model as loaded."""
+        t = self.cfg.training
+        autocast = lambda: cpu.autocast_context(t.mixed_precision, self.device)  # noqa: E731
+        forwards = Forwards(self.collate, self.device, t.batch_size, autocast, cache_root(self.cfg.data))
+        self.objective.prepare(self.model, self.data, forwards)
 
     def _setup_engine(self) -> None:
         """Every training forward goes through the loss module the engine wraps, with the optimizer it steps."""

@@ -17,8 +17,11 @@ from xtune.config.schema import Config, DatasetSettings
 from xtune.data.formats import MapFn
 from xtune.data.packing import Row, collate, needs_flat_batches
 from xtune.errors import ConfigError
+from xtune.model_dirs import resolve_model_dir
 from xtune.models.checkpoint_files import write_weight_index
+from xtune.models.export import merge_adapter
 from xtune.models.load import (
+    adapter_base_path,
     attach_adapters,
     base_reference,
     fit_embeddings,
@@ -59,6 +62,14 @@ class TextTask:
                 if world.is_main:
                     save_random_init(model_settings, base_dir, cfg.training.seed)
             model_settings = model_settings.model_copy(update={"path": str(base_dir.resolve()), "random_init": False})
+        elif (resolve_model_dir(model_settings.path) / "adapter_config.json").is_file():
+            # An adapter from an earlier run (SFT before DPO): its merged model is the base, and the reference.
+            adapter_dir = resolve_model_dir(model_settings.path)
+            base_dir = self.work_dir / "base_model"
+            with main_first(world):
+                if world.is_main:
+                    merge_adapter(adapter_base_path(adapter_dir), str(adapter_dir), base_dir)
+            model_settings = model_settings.model_copy(update={"path": str(base_dir.resolve())})
         base = load_base_model(model_settings, device, cfg.training.seed, compute_dtype)
         grown = fit_embeddings(base, tokenizer)
         # new tokens need trained rows whether the embedding grew or already had spare (untrained) rows for them
