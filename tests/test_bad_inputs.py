@@ -81,6 +81,20 @@ NOTHING_TO_TRAIN = (
     "{data}: no record has anything to train (no assistant turn: 3); check that data.datasets[].format matches the "
     "records (`xtune check-dataset` lists the records with file:line)"
 )
+DPO = ("--set", "training.objective=dpo")
+PROMPTS_DIFFER = {
+    "chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+    "rejected": [{"role": "user", "content": "Hey"}, {"role": "assistant", "content": "No"}],
+}
+PROMPTS_DIFFER_PROBLEM = (
+    "chosen and rejected differ at message 0, before their final assistant turns: a pair shares its prompt and "
+    "differs only in the last reply (format 'preference_conversations', keys present: chosen, rejected). Fix the "
+    "record or choose the format that matches your data (`xtune list-dataset-format`)."
+)
+HH_PROBLEM = (
+    "key 'chosen' must be '\\n\\nHuman: ...\\n\\nAssistant: ...' turns (format 'hh_rlhf', keys present: chosen, "
+    "rejected). Fix the record or choose the format that matches your data (`xtune list-dataset-format`)."
+)
 CHECK_FAILED = "xtune: error: {n} problem(s) that stop training; see the lines starting with 'error:' above"
 
 
@@ -108,12 +122,18 @@ def data_cases(id: str, name: str, content: bytes | None, err: str, fmt: str = "
 
 
 def record_cases(
-    id: str, content: bytes, train_err: str, check_errors: int, check_out: list[str], fmt: str = "openai"
+    id: str,
+    content: bytes,
+    train_err: str,
+    check_errors: int,
+    check_out: list[str],
+    fmt: str = "openai",
+    extra: tuple[str, ...] = (),
 ) -> list[Case]:
     """Bad records: training stops at the first (or refuses the dataset); check-dataset lists them on stdout and
-    fails, counting `check_errors` problems."""
-    check = ["check-dataset", PRESET, "--set", datasets_override("d.jsonl", fmt)]
-    train = ["train", PRESET, "--work-dir", "{work}", "--set", datasets_override("d.jsonl", fmt)]
+    fails, counting `check_errors` problems. `extra`: more arguments for both commands."""
+    check = ["check-dataset", PRESET, *extra, "--set", datasets_override("d.jsonl", fmt)]
+    train = ["train", PRESET, "--work-dir", "{work}", *extra, "--set", datasets_override("d.jsonl", fmt)]
     return [
         Case(f"{id}-check", check, CHECK_FAILED.format(n=check_errors), {"d.jsonl": content}, out=check_out),
         Case(f"{id}-train", train, train_err, {"d.jsonl": content}),
@@ -325,7 +345,39 @@ CASES = [
         ],
         "xtune: error: model.vision.projector_path: {inputs}/nope does not exist; point it at stage 1's output (final)",
     ),
-    # 9. causes that used to escape as tracebacks
+    # 9. preference pairs: a pair whose conversations do not share their prompt; data that does not suit the objective
+    *record_cases(
+        "pair-prompts-differ",
+        jsonl(PROMPTS_DIFFER),
+        f"xtune: error: {{data}}:1: {PROMPTS_DIFFER_PROBLEM}",
+        1,
+        [f"error: {{data}}:1: {PROMPTS_DIFFER_PROBLEM}"],
+        fmt="preference_conversations",
+        extra=DPO,
+    ),
+    *record_cases(
+        "hh-rlhf-not-turns",
+        jsonl({"chosen": "Hi there", "rejected": "Bye"}),
+        f"xtune: error: {{data}}:1: {HH_PROBLEM}",
+        1,
+        [f"error: {{data}}:1: {HH_PROBLEM}"],
+        fmt="hh_rlhf",
+        extra=DPO,
+    ),
+    Case(
+        "pairs-with-objective-sft",
+        ["train", PRESET, "--work-dir", "{work}", "--set", datasets_override("d.jsonl", "preference")],
+        "xtune: error: training.objective sft trains on single conversations but the datasets hold preference pairs; "
+        "set training.objective to one of dpo, ipo, hinge, simpo, orpo",
+        {"d.jsonl": jsonl({"prompt": "Hi", "chosen": "Hello!", "rejected": "What?"})},
+    ),
+    Case(
+        "conversations-with-objective-dpo",
+        ["train", PRESET, "--work-dir", "{work}", "--set", "training.objective=dpo"],
+        "xtune: error: training.objective dpo trains on preference pairs but the datasets hold single conversations; "
+        "use a preference format (preference, preference_conversations, hh_rlhf) or set training.objective: sft",
+    ),
+    # 10. causes that used to escape as tracebacks
     Case(
         "log-dataset-count-0",
         ["log-dataset", PRESET, "--count", "0"],

@@ -125,7 +125,8 @@ class DataSettings(_Section):
 
 
 OBJECTIVE_NAMES = ("sft", "dpo", "ipo", "hinge", "simpo", "orpo")
-PREFERENCE_OBJECTIVES = OBJECTIVE_NAMES[1:]  # trained on preference pairs (formats preference, hh_rlhf, ...)
+PREFERENCE_OBJECTIVES = OBJECTIVE_NAMES[1:]  # trained on preference pairs
+PREFERENCE_FORMATS = ("preference", "preference_conversations", "hh_rlhf")  # the built-in formats of pairs
 
 
 class PreferenceSettings(_Section):

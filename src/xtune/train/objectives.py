@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from xtune.config.schema import PreferenceSettings, TrainingSettings
+from xtune.config.schema import PREFERENCE_FORMATS, PREFERENCE_OBJECTIVES, PreferenceSettings, TrainingSettings
 from xtune.data.dataset import TrainingData
 from xtune.data.encode import IGNORE_INDEX
 from xtune.data.packing import Row
@@ -33,8 +33,8 @@ from xtune.train.metrics import logger
 
 class Objective(Protocol):
     def prepare(self, model: torch.nn.Module, data: TrainingData, run: Forwards) -> None:
-        """Once before training, with the model as loaded: check that the data suits the objective, and compute what
-        the objective needs ahead (full-model DPO: the reference log-probabilities, kept in the rows)."""
+        """Once before training, with the model as loaded: compute what the objective needs ahead (full-model DPO:
+        the reference log-probabilities, kept in the rows)."""
         ...
 
     def count(self, batch: dict[str, torch.Tensor]) -> int: ...
@@ -55,15 +55,22 @@ class Forwards:
     cache_dir: Path  # where results computed ahead are cached (beside the tokenized data)
 
 
-def check_pairs(data: TrainingData, objective: str) -> None:
-    """Preference objectives train on pairs only, sft on single samples only."""
-    wants_pairs = objective != "sft"
-    if data.pairs != wants_pairs:
-        have = "preference pairs" if data.pairs else "single conversations"
-        formats = "preference, preference_conversations or hh_rlhf" if wants_pairs else "an SFT format such as openai"
-        fix = "set training.objective to dpo, ipo, hinge, simpo or orpo" if data.pairs else f"use format {formats}"
+def check_data(objective: str, formats: Sequence[str], pairs: bool | None = None) -> None:
+    """Preference objectives train on pairs only, sft on single samples only. Before the data is read, the built-in
+    formats say which they hold (`pairs` None); once it is tokenized, the samples (`pairs`) say for any format."""
+    if pairs is None:
+        if any(":" in f for f in formats):  # a map function: known once tokenized
+            return
+        pairs = not set(formats).isdisjoint(PREFERENCE_FORMATS)
+    if pairs and objective == "sft":
         raise ConfigError(
-            f"training.objective {objective} trains on {formats} data but the datasets hold {have}; {fix}"
+            "training.objective sft trains on single conversations but the datasets hold preference pairs; set "
+            f"training.objective to one of {', '.join(PREFERENCE_OBJECTIVES)}"
+        )
+    if not pairs and objective != "sft":
+        raise ConfigError(
+            f"training.objective {objective} trains on preference pairs but the datasets hold single conversations; "
+            f"use a preference format ({', '.join(PREFERENCE_FORMATS)}) or set training.objective: sft"
         )
 
 
@@ -75,7 +82,7 @@ class SFT:
         self.head_loss = torch.compile(head_loss) if compile else head_loss
 
     def prepare(self, model: torch.nn.Module, data: TrainingData, run: Forwards) -> None:
-        check_pairs(data, "sft")
+        """Nothing to compute ahead."""
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         """What the loss sum is normalised by: this micro-batch's trained tokens."""
@@ -211,7 +218,6 @@ class Preference:
         self.stats = torch.zeros(len(self.STATS), dtype=torch.float64)  # sums over the pairs since the last metrics
 
     def prepare(self, model: torch.nn.Module, data: TrainingData, run: Forwards) -> None:
-        check_pairs(data, self.objective)
         if self.needs_reference and not hasattr(model, "disable_adapter"):
             reference_pass(model, data.rows, run, self.world)
 
@@ -300,7 +306,7 @@ def _preference(objective: str) -> Callable[[TrainingSettings, World], Objective
 
 OBJECTIVES: dict[str, Callable[[TrainingSettings, World], Objective]] = {
     "sft": _sft,
-    **{name: _preference(name) for name in ("dpo", "ipo", "hinge", "simpo", "orpo")},
+    **{name: _preference(name) for name in PREFERENCE_OBJECTIVES},
 }
 
 

@@ -35,7 +35,7 @@ from xtune.train.distributed import all_reduce_sum, barrier, device_for, init_wo
 from xtune.train.engines import build_engine
 from xtune.train.loss import compile_decoder_layers
 from xtune.train.metrics import RunLog, logger, setup_logging
-from xtune.train.objectives import Forwards, ObjectiveLoss, build_objective
+from xtune.train.objectives import Forwards, ObjectiveLoss, build_objective, check_data
 from xtune.train.task import TextTask, point_adapters_at_base
 
 
@@ -73,10 +73,13 @@ class FinetuneRecipe:
         self.task = self.task_type(cfg, self.work_dir, self.world)
         self.engine = build_engine(cfg.training, self.world, trainable_only=cfg.model.method != "full")
         self.objective = build_objective(cfg.training, self.world)
+        formats = [d.format for d in cfg.data.datasets]
+        check_data(cfg.training.objective, formats)
         check_no_previous_run(self.work_dir, resume, overwrite)
         resume_from, skipped = checkpoint_to_resume(self.work_dir, resume)
         torch.manual_seed(cfg.training.seed)
         self._setup_data()
+        check_data(cfg.training.objective, formats, self.data.pairs)
         self._setup_run_dir(overwrite, skipped)
         self._setup_model()
         self._prepare_objective()
