@@ -107,3 +107,20 @@ def test_log_dataset_shows_tool_calls_trained_and_results_not(tmp_path, capsys):
     trained = tokenizer.decode([t for t, lab in zip(sample["input_ids"], sample["labels"], strict=True) if lab >= 0])
     assert '<tool_call>\n{"name": "calculate", "arguments": {"expression": "6*7"}}\n</tool_call>' in trained
     assert "It is 42." in trained and "<|im_start|>tool\n42" in sample["text"] and "tool\n42" not in trained
+
+
+def test_check_dataset_counts_pairs_and_the_pairs_truncation_drops(tmp_path, capsys):
+    """Preference pairs: counted as pairs, with the histograms of prompts and replies; a pair whose reply max_length
+    cuts away entirely is listed as skipped, never trained with an empty reply."""
+    pair = {"prompt": "Hi", "chosen": "Hello there!", "rejected": "What?"}
+    long = {"prompt": "x " * 100, "chosen": "yes", "rejected": "no"}
+    config = write_config(tmp_path, [pair, long, pair])
+    text = Path(config).read_text().replace("format: alpaca", "format: preference")
+    Path(config).write_text(text + "training: {objective: dpo}\n")
+    main(["check-dataset", config])
+    out = capsys.readouterr().out
+    assert re.search(r"usable pairs\s+2\b", out) and re.search(r"bad records\s+0\b", out)
+    assert re.search(r"dropped: a reply truncated away within max_length\s+1\b", out)
+    assert f"skipped: {tmp_path / 'data.jsonl'}:2: a reply truncated away within max_length" in out
+    prompts = out[out.index("prompt lengths:") : out.index("reply lengths (trained):")]
+    assert re.search(r"16-24\s+2 #", prompts)  # the default system prompt and "Hi": 21 tokens

@@ -70,6 +70,7 @@ def check_dataset(
     for dataset in cfg.data.datasets:
         errors, skipped = GroupedProblems(), GroupedProblems()
         lengths, truncated, dropped = [], 0, Counter()
+        prompt_lengths, reply_lengths = [], []  # preference pairs: the shared prompt, and each reply
         locate = record_locator(resolve_path(dataset.path))
 
         def count_skipped(reason: str, index: int, dropped: Counter = dropped, skipped=skipped, locate=locate) -> None:
@@ -86,10 +87,14 @@ def check_dataset(
                 continue
             truncated += sample.truncated
             lengths.append(len(sample.input_ids))
+            if sample.parts:
+                replies = [[label != IGNORE_INDEX for label in sample.labels[part]] for part in sample.part_slices()]
+                prompt_lengths.append(replies[0].index(True))
+                reply_lengths += [sum(reply) for reply in replies]
         console.print(f"[bold]{dataset.path}[/] (format {dataset.format})", soft_wrap=True)
         table = Table(show_header=False, box=None, padding=(0, 2))
         table.add_row("records", str(len(lengths) + sum(dropped.values()) + len(errors)))
-        table.add_row("usable samples", str(len(lengths)))
+        table.add_row("usable pairs" if prompt_lengths else "usable samples", str(len(lengths)))
         table.add_row("tokens", str(sum(lengths)))
         table.add_row(f"truncated to {cfg.data.max_length}", str(truncated))
         for reason, count in dropped.items():
@@ -98,6 +103,9 @@ def check_dataset(
         console.print(table)
         if lengths:
             console.print(length_histogram(lengths, cfg.data.max_length))
+        if prompt_lengths:
+            console.print(length_histogram(prompt_lengths, cfg.data.max_length, title="prompt lengths"))
+            console.print(length_histogram(reply_lengths, cfg.data.max_length, title="reply lengths (trained)"))
         errors.print(console, "error")
         skipped.print(console, "skipped")
         total_errors += len(errors)
@@ -108,11 +116,13 @@ def check_dataset(
     return total_errors
 
 
-def length_histogram(lengths: list[int], max_length: int, bins: int = HISTOGRAM_BINS, width: int = 40) -> str:
+def length_histogram(
+    lengths: list[int], max_length: int, bins: int = HISTOGRAM_BINS, width: int = 40, title: str = "token lengths"
+) -> str:
     step = max(1, -(-max_length // bins))
     counts = Counter(min(n // step, bins - 1) for n in lengths)
     peak = max(counts.values())
-    lines = ["token lengths:"]
+    lines = [f"{title}:"]
     for b in range(bins):
         bar = "#" * round(width * counts.get(b, 0) / peak)
         lines.append(f"  {b * step:>6}-{min((b + 1) * step, max_length):<6} {counts.get(b, 0):>7} {bar}")
