@@ -1,6 +1,7 @@
 """The built-in demo, end to end through the command line: `xtune train tiny_assistant_lora` teaches a randomly
 initialised tiny Llama who it is, and `xtune chat` then answers with the identity sentence of the bundled data,
-non-interactively (--prompt) and interactively (RESET, EXIT on stdin).
+non-interactively (--prompt) and interactively (RESET, EXIT on stdin); `xtune train tiny_assistant_dpo` then
+teaches it, from preference pairs alone, to end its replies with a sign-off.
 
 100 steps instead of the preset's 300 keep it short; 50 steps already give the identity answer for seeds 0-3, so
 100 leaves a wide margin."""
@@ -8,6 +9,7 @@ non-interactively (--prompt) and interactively (RESET, EXIT on stdin).
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -16,8 +18,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from xtune.assets import resolve_path
 from xtune.chat import session as session_module
+from xtune.chat.generate import GenerationSettings
 from xtune.cli import main
+from xtune.models.load import load_for_inference
+from xtune.templates import get_template
 
 STEPS = 100
 IDENTITY = "我是 xtune 小助手，一个用 xtune 在 CPU 上几分钟就微调出来的小模型，很高兴为你服务！"
@@ -81,3 +87,33 @@ def test_interactive_chat_reset_and_exit(demo, capsys, monkeypatch):
     assert "你是谁" in prompts[0]
     assert "猫有几条腿？" in prompts[1] and "你是谁" not in prompts[1]  # RESET dropped the first turn
     assert "xtune 小助手" not in prompts[1]
+
+
+def greedy_replies(model_dir: Path, prompts: list[str]) -> list[str]:
+    model, tokenizer, _ = load_for_inference(str(model_dir))
+    model.eval()
+    template, settings = get_template("qwen_chat"), GenerationSettings(max_new_tokens=64)
+    return [session_module.ChatSession(model, tokenizer, template, settings).ask(p).strip() for p in prompts]
+
+
+def test_dpo_after_the_demo_prefers_the_sign_off_on_held_out_prompts(demo, tmp_path, xtune_env):
+    """DPO on pairs whose chosen reply is the SFT answer plus " :)" and whose rejected reply is the answer alone: on
+    prompts held out of the pairs, greedy replies end with the sign-off where the SFT model's never did, and keep
+    the SFT answer before it."""
+    records = [json.loads(line) for line in resolve_path("builtin:data/tiny_preference.jsonl").open(encoding="utf-8")]
+    held_out = [r["prompt"] for r in records[::4]]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for i, r in enumerate(records) if i % 4), encoding="utf-8")
+    work_dir = tmp_path / "dpo"
+    command = [sys.executable, "-m", "xtune.cli", "train", "tiny_assistant_dpo", "--work-dir", str(work_dir)]
+    overrides = [f"model.path={demo.final}", f"data.datasets.0.path={pairs}", "evaluation.inputs=[]"]
+    env = {**xtune_env, "OMP_NUM_THREADS": "2"}  # the only process running: use both cores
+    result = subprocess.run(
+        [*command, *(a for o in overrides for a in ("--set", o))], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    before = greedy_replies(demo.final, held_out)
+    after = greedy_replies(work_dir / "final", held_out)
+    assert sum(r.endswith(":)") for r in before) <= 0.3 * len(held_out)
+    assert sum(r.endswith(":)") for r in after) >= 0.9 * len(held_out), after
+    assert sum(a.startswith(b) for a, b in zip(after, before, strict=True)) >= 0.75 * len(held_out), after
