@@ -11,7 +11,7 @@ from contextlib import nullcontext
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from xtune.config.presets import get_preset, merge
 from xtune.config.schema import DatasetSettings, DataSettings, PreferenceSettings, validate_config
@@ -263,3 +263,32 @@ def test_pairs_share_the_prompt_and_only_the_final_reply_trains(tmp_path, tiny_t
     samples, stats = tokenized_dataset(dataset, data, tiny_tokenizer)
     assert stats.dropped == {"a reply truncated away within max_length": 2} and len(samples) == 1
     assert samples[0].input_ids[: samples[0].parts[0]] == pairs[0].input_ids[:24]
+
+
+def test_reward_model_ranks_held_out_pairs_and_loads_as_sequence_classification(tmp_path, capsys):
+    """objective reward on the tiny pairs (chosen replies end with " :)"): `xtune score` ranks >= 90% of the pairs held
+    out of training correctly, and final/ loads with AutoModelForSequenceClassification, whose own forward (the last
+    non-pad token) gives the scores xtune read at each sequence's last token."""
+    from transformers import AutoModelForSequenceClassification
+
+    from xtune.assets import resolve_path
+    from xtune.cli import main
+
+    records = [json.loads(line) for line in resolve_path("builtin:data/tiny_preference.jsonl").open(encoding="utf-8")]
+    held_in, held_out = tmp_path / "held_in.jsonl", tmp_path / "held_out.jsonl"
+    held_in.write_text("".join(json.dumps(r) + "\n" for i, r in enumerate(records) if i % 4), encoding="utf-8")
+    held_out.write_text("".join(json.dumps(r) + "\n" for r in records[::4]), encoding="utf-8")
+    cfg = dpo_config("full", tmp_path / "cache", objective="reward", max_steps=10, batch_size=8)
+    cfg.data.datasets[0].path = str(held_in)
+    final = run_recipe(cfg, tmp_path / "run").work_dir / "final"
+    capsys.readouterr()
+    main(["score", str(final), "--data", str(held_out)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    accuracy = float(lines[-1].removeprefix("pairwise accuracy: ").split("%")[0]) / 100
+    assert accuracy >= 0.9 and lines[-1].endswith(f"of {len(records[::4])} pairs")
+    model = AutoModelForSequenceClassification.from_pretrained(final).eval()
+    first = json.loads(lines[0])
+    pair = encoded_pairs(tmp_path, AutoTokenizer.from_pretrained(final), 96, records[:1])[0]
+    with torch.no_grad():
+        scores = [model(input_ids=torch.tensor([pair.input_ids[s]])).logits.item() for s in pair.part_slices()]
+    assert scores == pytest.approx([first["chosen"], first["rejected"]], abs=1e-5)

@@ -225,6 +225,16 @@ def cmd_eval_mmbench(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_score(args: argparse.Namespace) -> None:
+    from xtune.train.score import score_pairs
+
+    wins = total = 0
+    for index, chosen, rejected in score_pairs(args.model, args.data, args.format):
+        print(json.dumps({"index": index, "chosen": round(chosen, 6), "rejected": round(rejected, 6)}))
+        wins, total = wins + (chosen > rejected), total + 1
+    print(f"pairwise accuracy: {wins / max(total, 1):.2%} of {total} pairs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xtune", description="Fine-tune LLMs with one config file.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -360,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--out", help="write each question's reply and choice here (JSON lines)")
     p.set_defaults(func=cmd_eval_mmbench)
+
+    p = sub.add_parser("score", help="score preference pairs with a reward model (training.objective: reward)")
+    p.add_argument("model", help="the reward model's final directory")
+    p.add_argument("--data", required=True, help="a file of preference pairs")
+    p.add_argument("--format", default="preference", help="its format (default: preference)")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("convert", help="convert or merge models")
     convert = p.add_subparsers(dest="convert_command", required=True)

@@ -124,8 +124,8 @@ class DataSettings(_Section):
     skip_bad_images: bool = Field(False, description="Skip (and count) records whose images fail; default: stop.")
 
 
-OBJECTIVE_NAMES = ("sft", "dpo", "ipo", "hinge", "simpo", "orpo")
-PREFERENCE_OBJECTIVES = OBJECTIVE_NAMES[1:]  # trained on preference pairs
+OBJECTIVE_NAMES = ("sft", "dpo", "ipo", "hinge", "simpo", "orpo", "reward")
+PREFERENCE_OBJECTIVES = OBJECTIVE_NAMES[1:]  # trained on preference pairs (reward: a scalar head, Bradley-Terry)
 PREFERENCE_FORMATS = ("preference", "preference_conversations", "hh_rlhf")  # the built-in formats of pairs
 
 
@@ -153,7 +153,7 @@ class TrainingSettings(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this; null: no clipping.")
     seed: int = Field(0, description="Random seed: data order, initialisation, dropout.")
     objective: Literal[OBJECTIVE_NAMES] = Field(
-        "sft", description="sft, or a preference objective on pairs: dpo, ipo, hinge, simpo, orpo."
+        "sft", description="sft, or on preference pairs: dpo, ipo, hinge, simpo, orpo, or reward (a reward model)."
     )
     preference: PreferenceSettings = Field(PreferenceSettings(), description="Coefficients of the preference losses.")
     mixed_precision: Literal["auto", "bf16", "fp32"] = Field(

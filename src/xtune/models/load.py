@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ import torch
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
     AutoTokenizer,
     LlavaForConditionalGeneration,
     PretrainedConfig,
@@ -278,6 +280,21 @@ def causal_lm(model: torch.nn.Module) -> PreTrainedModel:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def with_score_head(lm: PreTrainedModel, pad_token_id: int | None) -> PreTrainedModel:
+    """The CausalLM's decoder under a new scalar head, as transformers' AutoModelForSequenceClassification with one
+    label (a reward model), so that its save loads back with that class. The decoder is moved over, not copied."""
+    config = copy.deepcopy(lm.config)
+    config.num_labels, config.pad_token_id, config.architectures = 1, pad_token_id, None
+    with torch.device("meta"):  # the new model's own decoder is never allocated: the trained one replaces it
+        model = AutoModelForSequenceClassification.from_config(config)
+    setattr(model, model.base_model_prefix, lm.base_model)
+    weight = next(lm.parameters())
+    score = torch.nn.Linear(config.hidden_size, 1, bias=False, device=weight.device, dtype=lm.dtype)
+    torch.nn.init.normal_(score.weight, std=getattr(config, "initializer_range", 0.02))
+    model.score = score
+    return model
+
+
 def head_is_tied(model: PreTrainedModel) -> bool:
     head = model.get_output_embeddings()
     return head is not None and head.weight is model.get_input_embeddings().weight
@@ -288,6 +305,7 @@ def attach_adapters(
     settings: ModelSettings,
     train_embeddings: bool = False,
     modules_to_save: list[str] = (),
+    task_type: str = "CAUSAL_LM",
 ) -> PreTrainedModel:
     """LoRA/QLoRA adapters per the settings; with `train_embeddings` (new tokens) the embedding and head are
     trained in full and saved with the adapter, so the new rows are learned and survive a merge. Modules named
@@ -316,7 +334,7 @@ def attach_adapters(
         modules_to_save=[*(embedding_module_names(model) if train_embeddings else []), *modules_to_save] or None,
         # a tied head must use the trained copy of the embedding; otherwise it keeps the frozen rows (PEFT >= 0.18)
         ensure_weight_tying=train_embeddings and head_is_tied(model),
-        task_type="CAUSAL_LM",
+        task_type=task_type,  # SEQ_CLS (a reward model): PEFT trains and saves the score head in full
     )
     return get_peft_model(model, lora)
 

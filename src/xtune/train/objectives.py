@@ -55,9 +55,12 @@ class Forwards:
     cache_dir: Path  # where results computed ahead are cached (beside the tokenized data)
 
 
-def check_data(objective: str, formats: Sequence[str], pairs: bool | None = None) -> None:
+def check_data(objective: str, formats: Sequence[str], pairs: bool | None = None, generates: bool = False) -> None:
     """Preference objectives train on pairs only, sft on single samples only. Before the data is read, the built-in
-    formats say which they hold (`pairs` None); once it is tokenized, the samples (`pairs`) say for any format."""
+    formats say which they hold (`pairs` None); once it is tokenized, the samples (`pairs`) say for any format.
+    `generates`: evaluation.inputs are set, which a reward model cannot answer."""
+    if objective == "reward" and generates:
+        raise ConfigError("training.objective reward trains a scorer, which cannot answer evaluation.inputs; set []")
     if pairs is None:
         if any(":" in f for f in formats):  # a map function: known once tokenized
             return
@@ -296,6 +299,48 @@ def _reference_key(model: torch.nn.Module, rows: Sequence[Row]) -> str:
     return digest.hexdigest()[:32]
 
 
+class Reward:
+    """A reward model: a scalar head read at the last token of each sequence, trained with the Bradley-Terry loss
+    -log sigmoid(r_chosen - r_rejected) on pairs (the mean over pairs). The last token is found from the position
+    ids (where the next sequence or the padding starts), so the padding side does not matter."""
+
+    STATS = ("rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin")
+
+    def __init__(self, world: World):
+        self.world = world
+        self.stats = torch.zeros(len(self.STATS), dtype=torch.float64)
+
+    def prepare(self, model: torch.nn.Module, data: TrainingData, run: Forwards) -> None:
+        """Nothing to compute ahead."""
+
+    def count(self, batch: dict[str, torch.Tensor]) -> int:
+        return len(trained_token_counts(batch)) // 2
+
+    def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        scores = sequence_scores(model, batch)
+        chosen, rejected = scores[0::2], scores[1::2]
+        margin = (chosen - rejected).detach()
+        stats = (chosen.detach(), rejected.detach(), (margin > 0).float(), margin)
+        self.stats += torch.stack([x.double().sum().cpu() for x in stats])
+        return -F.logsigmoid(chosen - rejected).sum()
+
+    metrics = Preference.metrics
+
+
+def sequence_scores(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The score head's value (fp32) at the last token of each sequence with trained tokens, in batch order."""
+    lm = causal_lm(model)
+    inputs = {name: value for name, value in batch.items() if name != "labels"}
+    hidden = lm.base_model(**inputs, use_cache=False).last_hidden_state
+    starts = batch["position_ids"] == 0
+    # a sequence ends where the next one starts, or at the end of its row
+    ends = torch.cat([starts[:, 1:], torch.ones_like(starts[:, :1])], dim=1)
+    _, sample, _ = _trained_positions(batch)
+    kept = torch.zeros(int(starts.sum()), dtype=torch.bool, device=starts.device)
+    kept[sample] = True  # sequences with trained tokens: not padding
+    return lm.score(hidden[ends][kept]).squeeze(-1).float()
+
+
 def _sft(training: TrainingSettings, world: World) -> Objective:
     return SFT(compile=training.compile)
 
@@ -306,7 +351,8 @@ def _preference(objective: str) -> Callable[[TrainingSettings, World], Objective
 
 OBJECTIVES: dict[str, Callable[[TrainingSettings, World], Objective]] = {
     "sft": _sft,
-    **{name: _preference(name) for name in PREFERENCE_OBJECTIVES},
+    **{name: _preference(name) for name in PREFERENCE_OBJECTIVES if name != "reward"},
+    "reward": lambda training, world: Reward(world),
 }
 
 

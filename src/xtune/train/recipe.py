@@ -74,7 +74,7 @@ class FinetuneRecipe:
         self.engine = build_engine(cfg.training, self.world, trainable_only=cfg.model.method != "full")
         self.objective = build_objective(cfg.training, self.world)
         formats = [d.format for d in cfg.data.datasets]
-        check_data(cfg.training.objective, formats)
+        check_data(cfg.training.objective, formats, generates=bool(cfg.evaluation.inputs))
         check_no_previous_run(self.work_dir, resume, overwrite)
         resume_from, skipped = checkpoint_to_resume(self.work_dir, resume)
         torch.manual_seed(cfg.training.seed)

@@ -28,6 +28,7 @@ from xtune.models.load import (
     load_base_model,
     load_tokenizer,
     save_random_init,
+    with_score_head,
 )
 from xtune.train.distributed import World, main_first
 
@@ -73,7 +74,11 @@ class TextTask:
         base = load_base_model(model_settings, device, cfg.training.seed, compute_dtype)
         grown = fit_embeddings(base, tokenizer)
         # new tokens need trained rows whether the embedding grew or already had spare (untrained) rows for them
-        return attach_adapters(base, cfg.model, train_embeddings=grown or bool(cfg.model.add_special_tokens))
+        train_embeddings = grown or bool(cfg.model.add_special_tokens)
+        if cfg.training.objective == "reward":  # a scalar head on the decoder: a reward model
+            scorer = with_score_head(base, tokenizer.pad_token_id)
+            return attach_adapters(scorer, cfg.model, train_embeddings=train_embeddings, task_type="SEQ_CLS")
+        return attach_adapters(base, cfg.model, train_embeddings=train_embeddings)
 
     def describe_sample(self, input_ids: Sequence[int], tokenizer: PreTrainedTokenizerBase) -> str:
         """A line about a sample's inputs beyond its text, for log-dataset ('' for text)."""
@@ -89,7 +94,8 @@ class TextTask:
         never a second copy of the weights."""
         if not write_adapter_configs(model, out):  # a full fine-tune: the checkpoint holds every parameter
             model.config.save_pretrained(out)
-            model.generation_config.save_pretrained(out)
+            if getattr(model, "generation_config", None) is not None:  # a reward model generates nothing
+                model.generation_config.save_pretrained(out)
             write_weight_index(out, model)
 
     def save(
