@@ -368,7 +368,7 @@ CASES = [
         "pairs-with-objective-sft",
         ["train", PRESET, "--work-dir", "{work}", "--set", datasets_override("d.jsonl", "preference")],
         "xtune: error: training.objective sft trains on single conversations but the datasets hold preference pairs; "
-        "set training.objective to one of dpo, ipo, hinge, simpo, orpo",
+        "set training.objective to one of dpo, ipo, hinge, simpo, orpo, reward",
         {"d.jsonl": jsonl({"prompt": "Hi", "chosen": "Hello!", "rejected": "What?"})},
     ),
     Case(

@@ -70,6 +70,7 @@ PREFERENCE_PRESETS: dict[str, tuple[str, dict[str, Any], str, float]] = {
     "internlm2_chat_1_8b_dpo_full": ("full", {"objective": "dpo"}, "orpo_dpo_mix_40k", 5e-7),
     "internlm2_chat_1_8b_qlora_dpo_ultrafeedback_e3": ("qlora", {"objective": "dpo"}, "ultrafeedback", 5e-5),
     "internlm2_chat_1_8b_orpo_full": ("full", {"objective": "orpo"}, "orpo_dpo_mix_40k", 5e-6),
+    "internlm2_chat_1_8b_reward_full_ultrafeedback": ("full", {"objective": "reward"}, "ultrafeedback", 2e-5),
 }
 
 BASE: dict[str, Any] = {  # what XTuner's configs set beyond the schema's defaults (which they share)
@@ -244,6 +245,8 @@ def _build() -> dict[str, dict[str, Any]]:
         training = {"epochs": 3, "lr": lr, **objective}
         parts = (METHODS[method], PREFERENCE_BASE, PREFERENCE_DATASETS[dataset], {"training": training})
         presets[name] = merge(BASE, *parts)
+        if objective["objective"] == "reward":  # a scorer answers no evaluation prompts
+            presets[name]["evaluation"]["inputs"] = []
     llava = "llava_internlm2_chat_1_8b_{}clip_vit_large_p14_336_{}e1_gpu8_{}"
     presets[llava.format("", "", "pretrain")] = merge(LLAVA_INTERNLM2_1_8B, LLAVA_STAGES["pretrain"])
     presets[llava.format("qlora_", "lora_", "finetune")] = merge(LLAVA_INTERNLM2_1_8B, LLAVA_STAGES["finetune"])
