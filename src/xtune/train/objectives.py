@@ -60,7 +60,9 @@ def check_data(objective: str, formats: Sequence[str], pairs: bool | None = None
     formats say which they hold (`pairs` None); once it is tokenized, the samples (`pairs`) say for any format.
     `generates`: evaluation.inputs are set, which a reward model cannot answer."""
     if objective == "reward" and generates:
-        raise ConfigError("training.objective reward trains a scorer, which cannot answer evaluation.inputs; set []")
+        raise ConfigError(
+            "training.objective reward trains a scorer, which answers no evaluation.inputs; set evaluation.inputs: []"
+        )
     if pairs is None:
         if any(":" in f for f in formats):  # a map function: known once tokenized
             return
