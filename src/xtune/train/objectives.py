@@ -2,7 +2,8 @@
 what it trains and the count that sum is normalised by; the recipe divides the global window's sum by the global
 count, so accumulation and the number of ranks change nothing. `sft`: next-token cross-entropy, the mean over
 every trained token. Preference objectives (dpo, ipo, hinge, simpo, orpo) build on token_logps: the mean over pairs
-of a loss on the log-probabilities of each pair's chosen and rejected reply.
+of a loss on the log-probabilities of each pair's chosen and rejected reply; `reward` trains a scalar head on pairs
+(Bradley-Terry).
 """
 
 from __future__ import annotations
