@@ -10,6 +10,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from xtune.cli import gguf as gguf_cli
 from xtune.cli.xtuner_v0 import check_v0_spelling, v0_aliases
 from xtune.errors import XtuneError
 from xtune.io import write_text_atomically
@@ -385,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("out")
     c.add_argument("--trust-remote-code", action="store_true")
     c.set_defaults(func=cmd_convert_checkpoint)
+    gguf_cli.add_parser(convert)
 
     # before or after the command: `xtune --debug train ...` and `xtune train ... --debug`
     global_flags = {

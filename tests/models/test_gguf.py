@@ -1,0 +1,184 @@
+"""`xtune convert gguf`: the GGUF file of a LoRA-trained tiny model holds the merged weights (read back by gguf's own
+reader), runs as the Hugging Face model does (transformers' GGUF loader, which undoes llama.cpp's Q/K layout as
+llama.cpp defines it, is the oracle), and carries the tokenizer, end-of-turn EOS and chat template chat uses.
+
+The bases' Q and K weights are scaled up so that attention is sharp: with a random init's near-uniform attention,
+logits barely depend on the rotary layout and a missing Q/K permutation would go unnoticed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from gguf import GGUFReader, GGUFValueType, TokenType
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen3Config
+
+from xtune.chat.generate import GenerationSettings
+from xtune.chat.session import ChatSession
+from xtune.cli import main
+from xtune.models.gguf import FAMILIES, unpermute_for_rope
+from xtune.templates import get_template
+
+TINY_LLAMA = Path(__file__).resolve().parents[2] / "src" / "xtune" / "assets" / "tiny-llama"
+TEMPLATE = "qwen_chat"
+SYSTEM = "You are a tiny test model."
+CONFIG_YAML = f"model:\n  method: lora\ndata:\n  template: {TEMPLATE}\nevaluation:\n  system: {SYSTEM}\n"
+CONVERSATION = [
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "Who are you?"},
+]
+
+
+def tiny_config(family: str):
+    config = AutoConfig.from_pretrained(TINY_LLAMA)
+    config.num_hidden_layers = 1
+    if family == "qwen3":  # q/k norms, and rotary halves in llama.cpp too (no permutation)
+        sizes = {k: v for k, v in config.to_dict().items() if k not in ("model_type", "architectures")}
+        # head_dim 128: transformers' GGUF reader takes Qwen3's default, not the file's attention.key_length
+        config = Qwen3Config(**{**sizes, "head_dim": 128})
+    return config
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen3"])
+def trained(request, tmp_path_factory) -> tuple[str, Path, Path]:
+    """(family, base dir, adapter dir): a random tiny model with sharp attention and a LoRA adapter with non-zero B,
+    saved as training saves final/ (tokenizer with the chat template, xtune_config.yaml)."""
+    family = request.param
+    root = tmp_path_factory.mktemp(f"gguf_{family}")
+    base_dir, adapter_dir = root / "base", root / "final"
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(tiny_config(family), dtype=torch.float32)
+    with torch.no_grad():
+        for name, p in base.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(20)
+    base.save_pretrained(base_dir)
+    tokenizer = AutoTokenizer.from_pretrained(TINY_LLAMA)
+    tokenizer.save_pretrained(base_dir)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    model.peft_config["default"].base_model_name_or_path = str(base_dir)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.save_pretrained(adapter_dir)
+    tokenizer.chat_template = get_template(TEMPLATE).to_jinja()
+    tokenizer.save_pretrained(adapter_dir)
+    (adapter_dir / "xtune_config.yaml").write_text(CONFIG_YAML)
+    return family, base_dir, adapter_dir
+
+
+def merged_reference(base_dir: Path, adapter_dir: Path):
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().eval()
+
+
+def sample_ids() -> torch.Tensor:
+    return torch.randint(4, 900, (2, 24), generator=torch.Generator().manual_seed(0))
+
+
+def export(adapter_dir: Path, out: Path, out_type: str) -> Path:
+    main(["convert", "gguf", str(adapter_dir), str(out), "--type", out_type])
+    return out
+
+
+def gguf_logits(path: Path) -> torch.Tensor:
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(input_ids=sample_ids()).logits
+
+
+def test_f32_file_holds_the_merged_weights_and_runs_as_the_hf_model(trained, tmp_path):
+    family, base_dir, adapter_dir = trained
+    out = export(adapter_dir, tmp_path / "model.gguf", "f32")  # the adapter directory: merged automatically
+    reference = merged_reference(base_dir, adapter_dir)
+    config = reference.config
+
+    reader = GGUFReader(out)
+    import gguf
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[FAMILIES[family].arch.upper()], config.num_hidden_layers)
+    expected = {
+        names.get_name(k, try_suffixes=(".weight", ".bias")): (k, v)
+        for k, v in reference.state_dict().items()
+        if not (config.tie_word_embeddings and k == "lm_head.weight")
+    }
+    assert sorted(t.name for t in reader.tensors) == sorted(expected)
+    for tensor in reader.tensors:
+        hf_name, weight = expected[tensor.name]
+        data = torch.from_numpy(tensor.data.copy()).reshape(weight.shape)
+        if FAMILIES[family].rope_pairs_interleaved and hf_name.endswith("q_proj.weight"):
+            data = unpermute_for_rope(data, config.num_attention_heads, config.num_attention_heads)
+        elif FAMILIES[family].rope_pairs_interleaved and hf_name.endswith("k_proj.weight"):
+            data = unpermute_for_rope(data, config.num_attention_heads, config.num_key_value_heads)
+        assert torch.equal(data, weight), hf_name
+
+    with torch.no_grad():
+        hf_logits = reference(input_ids=sample_ids()).logits
+    assert (gguf_logits(out) - hf_logits).abs().max() < 1e-4
+
+    # tokenizer: control tokens stay whole, EOS is the template's end of turn, the embedded template is chat's
+    field = reader.get_field("tokenizer.ggml.token_type")
+    types = [int(field.parts[i][0]) for i in field.data]
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    for token in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"):
+        assert types[tokenizer.convert_tokens_to_ids(token)] == TokenType.CONTROL
+    assert reader.get_field("tokenizer.ggml.pre").contents() == "gpt-2"
+    from_gguf = AutoTokenizer.from_pretrained(out.parent, gguf_file=out.name)
+    assert from_gguf.eos_token == "<|im_end|>"
+    text = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert from_gguf(text, add_special_tokens=False).input_ids == tokenizer(text, add_special_tokens=False).input_ids
+    assert from_gguf("<|im_start|><|im_end|>", add_special_tokens=False).input_ids == [2, 3]
+    session = ChatSession(reference, tokenizer, get_template(TEMPLATE), GenerationSettings(), system=SYSTEM)
+    messages = [{"role": "system", "content": SYSTEM}, *CONVERSATION]
+    embedded = reader.get_field("tokenizer.chat_template")
+    assert embedded.types == [GGUFValueType.STRING]
+    prompt = from_gguf.apply_chat_template(
+        messages, chat_template=embedded.contents(), add_generation_prompt=True, tokenize=False
+    )
+    assert tokenizer.decode(session.prompt_ids(CONVERSATION)) == prompt
+
+    modelfile = (tmp_path / "Modelfile").read_text()
+    assert modelfile.startswith("FROM ./model.gguf\n")
+    assert f'SYSTEM """{SYSTEM}"""' in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+
+
+# Measured (max |logit difference|, logits of magnitude ~1.4): llama 0.21, qwen3 0.024; relative RMS error 5.8% and
+# 1.5%. Both are sharp-attention models (Q/K scaled by 20), where a small error in a score moves the softmax; f16
+# gives 0.0085 and 0.0009 on the same models. The bound leaves some room over the worse of the two.
+Q8_0_LOGITS_BOUND = 0.3
+
+
+def test_q8_0_weights_within_their_block_bound_and_logits_close(trained, tmp_path):
+    family, base_dir, adapter_dir = trained
+    out = export(adapter_dir, tmp_path / "model-q8_0.gguf", "q8_0")
+    reference = merged_reference(base_dir, adapter_dir)
+    config = reference.config
+    from gguf import GGMLQuantizationType, dequantize
+
+    weights = dict(reference.state_dict())
+    quantized = [t for t in GGUFReader(out).tensors if t.tensor_type == GGMLQuantizationType.Q8_0]
+    assert {t.name for t in quantized} >= {"token_embd.weight", "output.weight", "blk.0.attn_q.weight"}
+    for tensor in quantized:
+        if tensor.name != "token_embd.weight" and not tensor.name.startswith("blk.0.ffn"):
+            continue
+        hf = weights["model.embed_tokens.weight" if tensor.name == "token_embd.weight" else _ffn(tensor.name)]
+        data = torch.from_numpy(dequantize(tensor.data, GGMLQuantizationType.Q8_0)).reshape(hf.shape)
+        blocks, got = hf.reshape(-1, 32), data.reshape(-1, 32)
+        # Q8_0: per block of 32, a scale d = max|x| / 127 stored as f16 and round(x / d): error <= d / 2 from the
+        # rounding plus up to 127 * d * 2^-11 from d's f16 rounding
+        bound = blocks.abs().amax(dim=1, keepdim=True) / 127 * (0.5 + 127 * 2**-11) + 1e-7
+        assert ((got - blocks).abs() <= bound).all(), tensor.name
+
+    with torch.no_grad():
+        hf_logits = reference(input_ids=sample_ids()).logits
+    assert (gguf_logits(out) - hf_logits).abs().max() < Q8_0_LOGITS_BOUND
+    assert config.model_type == family
+
+
+def _ffn(name: str) -> str:
+    part = {"ffn_gate": "gate_proj", "ffn_up": "up_proj", "ffn_down": "down_proj"}[name.split(".")[2]]
+    return f"model.layers.0.mlp.{part}.weight"
