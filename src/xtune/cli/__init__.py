@@ -10,6 +10,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from xtune.cli import evaluate as evaluate_cli
 from xtune.cli import gguf as gguf_cli
 from xtune.cli.xtuner_v0 import check_v0_spelling, v0_aliases
 from xtune.errors import XtuneError
@@ -362,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write each question's reply and choice here (JSON lines)")
     p.set_defaults(func=cmd_eval_mmbench)
 
+    evaluate_cli.add_parser(sub)
+
     p = sub.add_parser("convert", help="convert or merge models")
     convert = p.add_subparsers(dest="convert_command", required=True)
     m = convert.add_parser("merge", help="merge a LoRA adapter into its base model")
@@ -430,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
         from xtune.quiet import quiet_libraries
 
         quiet_libraries()
-    if args.command in ("train", "chat", "convert"):  # the commands that load and save models
+    if args.command in ("train", "chat", "convert", "eval"):  # the commands that load and save models
         _prefer_deepspeed_cpu_accelerator()
     try:
         args.func(args)

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from xtune.config.schema import CONFIG_FILE
 from xtune.errors import ConfigError
 from xtune.io import write_file_atomically
 from xtune.model_dirs import checkpoint_model_type
+from xtune.models.checkpoint_files import trained_system, trained_template
 from xtune.models.load import ARGUMENT_USE, adapter_base_path, load_for_inference, resolve_model_dir
-from xtune.templates import Template, resolve_template
+from xtune.templates import Template
 from xtune.templates.ollama import modelfile
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
@@ -86,7 +86,7 @@ def export_gguf(
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     family = FAMILIES[model.config.model_type]  # InternLM2 arrives as llama
-    template = export_template(source, tokenizer, template_name, model_type)
+    template = trained_template(source, tokenizer, template_name, model_type)
     out = Path(out)
     writer = gguf.GGUFWriter(None, family.arch)
     _add_hyperparameters(writer, model, out_type, source.name)
@@ -111,30 +111,12 @@ def export_gguf(
         writer.close()
 
     write_file_atomically(out, write)
-    system = _trained_system(source)
+    system = trained_system(source)
     write_file_atomically(
         out.with_name("Modelfile"),
         lambda tmp: tmp.write_text(modelfile(out.name, template, tokenizer, system), encoding="utf-8"),
     )
     return out
-
-
-def export_template(
-    source: Path, tokenizer: PreTrainedTokenizerBase, name: str | None, model_type: str | None
-) -> Template:
-    """The template the model was trained with (its xtune_config.yaml), as chat picks it; else the family's."""
-    import yaml
-
-    trained = yaml.safe_load((source / CONFIG_FILE).read_text()) if (source / CONFIG_FILE).exists() else {}
-    recorded = (trained.get("data") or {}).get("template")
-    return resolve_template(name or recorded or "auto", tokenizer, model_type)
-
-
-def _trained_system(source: Path) -> str | None:
-    import yaml
-
-    trained = yaml.safe_load((source / CONFIG_FILE).read_text()) if (source / CONFIG_FILE).exists() else {}
-    return (trained.get("evaluation") or {}).get("system") or (trained.get("data") or {}).get("system")
 
 
 def _base_dirs(model_dir: Path, adapter: str | None) -> list[Path]:
