@@ -74,13 +74,17 @@ def run_lm_eval(
     `template` as chat messages when one is given (the template rendered as the tokenizer's chat_template)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
 
     if template is not None:
         tokenizer = _with_chat_template(tokenizer, template.to_jinja())
+    configs = task_configs(tasks)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(_device(model)))
     results = lm_eval.simple_evaluate(
         model=lm,
-        tasks=task_configs(tasks),
+        tasks=configs,
+        # lm-eval's own task index (thousands of YAML files, seconds to read) only when a task is named from it
+        task_manager=TaskManager(include_defaults=any(isinstance(c, str) for c in configs)),
         limit=limit,
         apply_chat_template=template is not None,
         system_instruction=system,
