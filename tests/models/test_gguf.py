@@ -182,3 +182,48 @@ def test_q8_0_weights_within_their_block_bound_and_logits_close(trained, tmp_pat
 def _ffn(name: str) -> str:
     part = {"ffn_gate": "gate_proj", "ffn_up": "up_proj", "ffn_down": "down_proj"}[name.split(".")[2]]
     return f"model.layers.0.mlp.{part}.weight"
+
+
+def test_sentencepiece_vocabulary_and_merged_system_template(tmp_path):
+    """Llama 2, Mistral, InternLM2 and Gemma ship a SentencePiece tokenizer.model: the file carries its pieces, scores
+    and types (the vocabulary padded to the embedding's rows), and transformers' reader of it tokenizes as the
+    model's own tokenizer, added special tokens included; Mistral's Modelfile puts the system text in the first
+    [INST] block as the template does."""
+    import io
+    import json
+
+    import sentencepiece
+
+    model_dir = tmp_path / "spm"
+    model_dir.mkdir()
+    text = [f"Question: {q} Answer: {a}." for q, a in [("What colour is the sky?", "blue"), ("Cats?", "four legs")]]
+    piece_model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(text * 20), model_writer=piece_model, vocab_size=320, model_type="bpe",
+        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+    )  # fmt: skip
+    (model_dir / "tokenizer.model").write_bytes(piece_model.getvalue())
+    special = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "LlamaTokenizer", **special}))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[TOOL]"]})
+    tokenizer.save_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(TINY_LLAMA, num_hidden_layers=1, vocab_size=len(tokenizer) + 3, eos_token_id=2)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(model_dir)
+    (model_dir / "xtune_config.yaml").write_text("data:\n  template: mistral\nevaluation:\n  system: Be brief.\n")
+
+    out = export(model_dir, tmp_path / "out" / "spm.gguf", "f16")
+    reader = GGUFReader(out)
+    assert reader.get_field("tokenizer.ggml.model").contents() == "llama"
+    assert len(reader.get_field("tokenizer.ggml.scores").contents()) == config.vocab_size
+    from_gguf = AutoTokenizer.from_pretrained(out.parent, gguf_file=out.name)
+    sample = "Question: What colour is the grass? [TOOL] Answer: green!"
+    assert (
+        from_gguf(sample, add_special_tokens=False).input_ids == tokenizer(sample, add_special_tokens=False).input_ids
+    )
+    assert tokenizer.convert_tokens_to_ids("[TOOL]") in from_gguf(sample, add_special_tokens=False).input_ids
+    modelfile = (out.parent / "Modelfile").read_text()
+    assert '{{ else if eq .Role "user" }} [INST] {{ if $system }}{{ $system }}\n\n{{ end }}{{ .Content }} [/INST]' in (
+        modelfile
+    )
+    assert 'SYSTEM """Be brief."""' in modelfile and 'PARAMETER stop "</s>"' in modelfile
