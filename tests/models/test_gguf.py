@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from gguf import GGUFReader, GGUFValueType, TokenType
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Qwen3Config
 
 from xtune.chat.generate import GenerationSettings
@@ -43,7 +43,7 @@ def tiny_config(family: str):
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen3"])
-def trained(request, tmp_path_factory) -> tuple[str, Path, Path]:
+def trained(request, tmp_path_factory, save_trained_adapter) -> tuple[str, Path, Path]:
     """(family, base dir, adapter dir): a random tiny model with sharp attention and a LoRA adapter with non-zero B,
     saved as training saves final/ (tokenizer with the chat template, xtune_config.yaml)."""
     family = request.param
@@ -56,18 +56,8 @@ def trained(request, tmp_path_factory) -> tuple[str, Path, Path]:
             if name.endswith(("q_proj.weight", "k_proj.weight")):
                 p.mul_(20)
     base.save_pretrained(base_dir)
-    tokenizer = AutoTokenizer.from_pretrained(TINY_LLAMA)
-    tokenizer.save_pretrained(base_dir)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
-    model.peft_config["default"].base_model_name_or_path = str(base_dir)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    model.save_pretrained(adapter_dir)
-    tokenizer.chat_template = get_template(TEMPLATE).to_jinja()
-    tokenizer.save_pretrained(adapter_dir)
-    (adapter_dir / "xtune_config.yaml").write_text(CONFIG_YAML)
+    AutoTokenizer.from_pretrained(TINY_LLAMA).save_pretrained(base_dir)
+    save_trained_adapter(base, base_dir, adapter_dir, TEMPLATE, CONFIG_YAML)
     return family, base_dir, adapter_dir
 
 
