@@ -344,6 +344,11 @@ CASES = [
         "convert_hf_to_gguf.py",
         {"phi/config.json": b'{"model_type": "phi3"}'},
     ),
+    Case(
+        "eval-missing-task-file",
+        ["eval", "{tiny_llama}", "--tasks", "xtune_tiny,{inputs}/mmlu.yaml"],
+        "xtune: error: --tasks {inputs}/mmlu.yaml: no such task file {inputs}/mmlu.yaml",
+    ),
     # 10. causes that used to escape as tracebacks
     Case(
         "log-dataset-count-0",

@@ -45,7 +45,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
     task_configs(tasks)  # a missing task file stops here, before the model loads
     model, tokenizer, source = load_for_inference(args.model, args.adapter, args.bits, args.trust_remote_code)
     template = trained_template(source, tokenizer, args.template) if args.chat_template else None
-    results = run_lm_eval(model, tokenizer, tasks, template, args.limit, args.batch_size, args.system)
+    try:
+        results = run_lm_eval(model, tokenizer, tasks, template, args.limit, args.batch_size, args.system)
+    except ConnectionError as e:  # datasets, offline: a named lm-eval task whose data was never downloaded
+        raise XtuneError(
+            f"--tasks {args.tasks}: a task's dataset is not on this machine, and xtune never downloads "
+            f"({' '.join(str(e).split())}); download it once into the Hugging Face cache, or give a task YAML "
+            "with local data_files"
+        ) from None
 
     from lm_eval.utils import make_table
 
