@@ -10,7 +10,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from xtune.cli.xtuner_v0 import check_v0_spelling, v0_aliases
+from xtune.cli.xtuner_v0 import add_v0_convert_commands, check_v0_spelling, report_v0_conversion, v0_aliases
 from xtune.errors import XtuneError
 from xtune.io import write_text_atomically
 
@@ -20,7 +20,10 @@ def cmd_list_cfg(args: argparse.Namespace) -> None:
 
     names = list_presets(args.pattern)
     if not names:
-        raise XtuneError(f"no preset matches {args.pattern!r}; `xtune list-cfg` lists all")
+        from xtune.config.presets import missing_reason
+
+        why = missing_reason(args.pattern or "")
+        raise XtuneError(f"no preset matches {args.pattern!r}{f': {why}' if why else ''}; `xtune list-cfg` lists all")
     print("\n".join(names))
 
 
@@ -119,6 +122,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     if choice:
         # JSON quoting: the override value is parsed as YAML, and a path may hold ':' or '#'
         overrides += ["training.engine=deepspeed", f"training.deepspeed={json.dumps(choice)}"]
+    if args.config.endswith(".py"):
+        from xtune.config.xtuner_v0 import convert_v0_config
+
+        report_v0_conversion(convert_v0_config(args.config), "training from")
     cfg, name = resolve_config(args.config, overrides)
     if cfg.training.engine == "deepspeed" and not choice:
         from xtune.train.deepspeed_engine import check_installed
@@ -385,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("out")
     c.add_argument("--trust-remote-code", action="store_true")
     c.set_defaults(func=cmd_convert_checkpoint)
+    add_v0_convert_commands(convert)
 
     # before or after the command: `xtune --debug train ...` and `xtune train ... --debug`
     global_flags = {

@@ -63,3 +63,44 @@ def check_v0_spelling(argv: list[str]) -> None:
         given = any(a == word or a.startswith(f"{word}=") for a in rest) if word.startswith("-") else rest[:1] == [word]
         if given:
             raise XtuneError(f"`xtune {spelling}` is XTuner v0's: {v0.instead}")
+
+
+def report_v0_conversion(conversion, verb: str) -> None:
+    """What a v0 config's conversion left out, on stderr, one line each."""
+    import sys
+
+    print(f"xtune: {verb} XTuner v0 config {conversion.source} (read as data, never run)", file=sys.stderr)
+    for item in conversion.unmapped:
+        print(f"xtune: not mapped: {conversion.source}: {item}", file=sys.stderr)
+
+
+def cmd_convert_xtuner_config(args) -> None:
+    from pathlib import Path
+
+    from xtune.config.xtuner_v0 import convert_v0_config
+    from xtune.io import write_text_atomically
+
+    source = Path(args.config)
+    if source.suffix != ".py":
+        raise XtuneError(f"convert xtuner-config {source}: name an XTuner v0 config file (.py)")
+    out = Path(args.out) if args.out else source.with_suffix(".yaml")
+    if out.exists() and not args.force:
+        raise XtuneError(f"{out} exists; pass --force to overwrite it, or name another OUT.yaml")
+    conversion = convert_v0_config(source)
+    report_v0_conversion(conversion, "converted")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(out, conversion.yaml())
+    left = f"; {len(conversion.unmapped)} setting(s) not mapped, listed at its top" if conversion.unmapped else ""
+    print(f"wrote {out}{left}")
+
+
+def add_v0_convert_commands(convert) -> None:
+    """`xtune convert xtuner-config`: the v0 config converter, beside convert's other verbs."""
+    c = convert.add_parser(
+        "xtuner-config",
+        help="convert an XTuner v0 .py config to an xtune YAML config (read with ast, never run)",
+    )
+    c.add_argument("config", help="the XTuner v0 config (.py)")
+    c.add_argument("out", nargs="?", help="the YAML to write (default: CONFIG with .yaml)")
+    c.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    c.set_defaults(func=cmd_convert_xtuner_config)
