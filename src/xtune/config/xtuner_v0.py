@@ -81,6 +81,15 @@ V0_SYSTEMS = {
     "statement.\n",
 }
 
+# InternLM2's own module names -> the Llama names xtune loads it with (models/internlm2.py)
+_INTERNLM2_MODULES = {
+    "wqkv": ("q_proj", "k_proj", "v_proj"),
+    "wo": ("o_proj",),
+    "w1": ("gate_proj",),
+    "w3": ("up_proj",),
+    "w2": ("down_proj",),
+}
+
 PREFERENCE_REASON = "preference training: arriving with training.objective"
 PREFERENCE_MODELS = ("DPO", "ORPO", "RewardModel")
 # Modules whose names a v0 config imports as values; a name from any other module is the user's own code.
@@ -470,13 +479,22 @@ class _Mapper:
                 settings[key] = lora.take(v0_key)
         targets = lora.take("target_modules")
         if isinstance(targets, list | tuple) and all(isinstance(t, str) for t in targets):
-            settings["target_modules"] = list(targets)
+            settings["target_modules"] = self.module_names(list(targets))
         elif targets is not None:
             self.miss(lora, "target_modules", f"{path}.target_modules", f"{_describe(targets)}: not a list of names")
         self.expect(lora, "bias", f"{path}.bias", "none", "xtune's adapters train no biases")
         self.expect(lora, "task_type", f"{path}.task_type", "CAUSAL_LM", "xtune trains causal LMs")
         self.raw["model"]["lora"] = settings
         self.report(lora, path)
+
+    def module_names(self, targets: list[str]) -> list[str]:
+        """InternLM2's module names as xtune loads it, as Llama (wqkv is split into q, k and v)."""
+        if "internlm2" not in str(self.raw["model"].get("path", "")).lower().replace("_5", ""):
+            return targets
+        renamed = [name for t in targets for name in _INTERNLM2_MODULES.get(t, (t,))]
+        if renamed != targets:
+            self.notes.append(f"LoRA target_modules {targets}: {renamed} (xtune loads InternLM2 as Llama)")
+        return renamed
 
     def llava(self, model: V0Dict) -> None:
         vision: dict[str, Any] = {}
