@@ -10,7 +10,14 @@ import sys
 import traceback
 from pathlib import Path
 
-from xtune.cli.xtuner_v0 import add_v0_convert_commands, check_v0_spelling, report_v0_conversion, v0_aliases
+from xtune.cli.xtuner_v0 import (
+    add_v0_chat_flags,
+    add_v0_convert_commands,
+    apply_v0_chat_flags,
+    check_v0_spelling,
+    report_v0_conversion,
+    v0_aliases,
+)
 from xtune.errors import XtuneError
 from xtune.io import write_text_atomically
 
@@ -191,6 +198,7 @@ def _relaunch_under_torchrun(args: argparse.Namespace) -> None:
 def cmd_chat(args: argparse.Namespace) -> None:
     from xtune.cli.chat import run_chat
 
+    apply_v0_chat_flags(args)
     run_chat(args)
 
 
@@ -311,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="chat template name; default: the one the model was trained with",
     )
     p.add_argument("--system", help="system prompt")
+    add_v0_chat_flags(p)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.9)
