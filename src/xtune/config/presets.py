@@ -145,6 +145,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
     # ChatGLM3, Baichuan 1 and 2, MiniCPM (1B, 2B): remote code
     **_sizes("chatglm3_6b", "THUDM/chatglm3-6b", "chatglm3", {"": "", "_base": "-base"}, remote=True),
     **_sizes("baichuan_", "baichuan-inc/Baichuan-", "default", {"7b": "7B", "13b_base": "13B-Base"}, remote=True),
+    "baichuan_13b_chat": _family("baichuan-inc/Baichuan-13B-Chat", "baichuan_chat", remote=True),
     **_sizes(
         "baichuan2_",
         "baichuan-inc/Baichuan2-",
@@ -158,8 +159,6 @@ FAMILIES: dict[str, dict[str, Any]] = {
 # v0's families that xtune has no preset for yet, and why: a v0 name starting with one says so.
 MISSING_FAMILIES: dict[str, str] = {
     "chatglm2_6b": "ChatGLM2's '[Round N]' prompt format is not an xtune template yet (ChatGLM3 is: chatglm3_6b)",
-    "baichuan_13b_chat": "Baichuan-13B-Chat's <reserved_102>/<reserved_103> format is not an xtune template yet "
-    "(Baichuan2's is: baichuan2_13b_chat)",
     "minicpm3_4b": "MiniCPM3's chat format is not an xtune template yet (MiniCPM 1B/2B's is: minicpm_2b)",
     "llava": "LLaVA presets exist for InternLM2-Chat-1.8B only (xtune list-cfg -p llava)",
 }

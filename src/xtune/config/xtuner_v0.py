@@ -28,6 +28,7 @@ V0_TEMPLATES = {
     "llama3_chat": "llama3_chat",
     "chatglm3": "chatglm3",
     "qwen_chat": "qwen_chat",
+    "baichuan_chat": "baichuan_chat",
     "baichuan2_chat": "baichuan2_chat",
     "vicuna": "vicuna",
     "wizardlm": "vicuna",  # v0's wizardlm template is Vicuna v1.1's format

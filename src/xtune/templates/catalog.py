@@ -302,6 +302,16 @@ TEMPLATES: dict[str, ChatTemplate] = {
             assistant_suffix="{eos}",
             stop_words=("<reserved_106>",),
         ),
+        # baichuan-inc/Baichuan-13B-Chat: no jinja template; its remote code builds the input as Baichuan2's does, with
+        # the same user/assistant token ids (195, 196), which its vocabulary names <reserved_102> and <reserved_103>.
+        ChatTemplate(
+            name="baichuan_chat",
+            system="{content}",
+            user="<reserved_102>{content}",
+            assistant_prefix="<reserved_103>",
+            assistant_suffix="{eos}",
+            stop_words=("<reserved_102>",),
+        ),
     ]
 }
 
