@@ -155,7 +155,7 @@ class Unmapped:
     blocking: bool = False  # training this config without it would train something else
 
     def __str__(self) -> str:
-        return f"line {self.line}: {self.key}: {self.reason}"
+        return f"{f'line {self.line}: ' if self.line else ''}{self.key}: {self.reason}"
 
 
 @dataclass
@@ -938,6 +938,9 @@ def convert_v0_config(path: str | Path) -> Conversion:
     try:
         cfg = validate_config(raw, source=f"{path} (converted from XTuner v0)")
     except ConfigError as e:
+        blocking = [str(u) for u in unmapped if u.blocking]
+        if blocking:  # what made the config invalid: say that, not the schema's view of the gap it left
+            raise ConfigError(f"{path}: cannot convert this XTuner v0 config: {'; '.join(blocking)}") from None
         listed = "".join(f"\n  not mapped: {u}" for u in unmapped)
         raise ConfigError(f"{e}{listed}") from None
     handled = [name for name in HANDLED if name in reader.env]
