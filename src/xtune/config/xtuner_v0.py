@@ -9,13 +9,13 @@ everything else is listed by key and line, never dropped silently.
 
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from xtune.config.presets import family_of_path
-from xtune.config.schema import Config, config_yaml, validate_config
+from xtune.config.schema import Config, config_yaml, read_config_text, validate_config
+from xtune.config.xtuner_v0_ast import Ref, Unmapped, V0Dict, V0Reader, describe, number
 from xtune.errors import ConfigError
 
 # v0's prompt templates (xtuner.utils.PROMPT_TEMPLATE.<name>) -> xtune's; those missing have no xtune template yet.
@@ -107,57 +107,6 @@ HANDLED = {
 }
 
 
-@dataclass(frozen=True)
-class Ref:
-    """An imported name, or an attribute of one: only ever named, never imported."""
-
-    name: str
-
-    @property
-    def leaf(self) -> str:
-        return self.name.rpartition(".")[2]
-
-
-@dataclass
-class Call:
-    """A call in the config other than dict(...): described, never made."""
-
-    func: str
-    source: str
-    line: int
-
-
-@dataclass
-class Opaque:
-    """An expression the reader does not evaluate (f-strings, comprehensions, unknown names...)."""
-
-    source: str
-    line: int
-
-
-class V0Dict(dict):
-    """dict(...) from the config, with the line of each key and the keys a mapping consumed."""
-
-    def __init__(self, line: int):
-        super().__init__()
-        self.line, self.lines, self.used = line, {}, set()
-
-    def take(self, key: str, default: Any = None) -> Any:
-        self.used.add(key)
-        return self.get(key, default)
-
-
-@dataclass
-class Unmapped:
-    line: int
-    key: str
-    reason: str
-    blocking: bool = False  # training this config without it would train something else
-
-    def __str__(self) -> str:
-        return f"{f'line {self.line}: ' if self.line else ''}{self.key}: {self.reason}"
-
-
 @dataclass
 class Conversion:
     source: str
@@ -185,146 +134,10 @@ class Conversion:
         return "\n".join(lines) + "\n\n" + config_yaml(self.config)
 
 
-class _Reader:
-    """Module-level statements of a v0 config into values, without running any of it."""
-
-    def __init__(self, text: str, source: str):
-        self.source = source
-        try:
-            self.tree = ast.parse(text, filename=source)
-        except SyntaxError as e:
-            raise ConfigError(f"{source}:{e.lineno}: not valid Python: {e.msg}") from None
-        self.env: dict[str, Any] = {}
-        self.lines: dict[str, int] = {}
-        self.imports: dict[str, tuple[str, int]] = {}  # local name -> (module.name, line)
-        self.referenced: set[str] = set()  # top-level names that other values use
-        self.problems: list[Unmapped] = []
-        for statement in self.tree.body:
-            self._statement(statement)
-
-    def _statement(self, node: ast.stmt) -> None:
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                local = alias.asname or alias.name.partition(".")[0]
-                target = alias.name if alias.asname else local
-                self.env[local], self.imports[local] = Ref(target), (target, node.lineno)
-        elif isinstance(node, ast.ImportFrom):
-            module = "." * node.level + (node.module or "")
-            for alias in node.names:
-                if alias.name == "*":
-                    self.problems.append(Unmapped(node.lineno, f"from {module} import *", "star import not read"))
-                    continue
-                local = alias.asname or alias.name
-                self.env[local] = Ref(f"{module}.{alias.name}")
-                self.imports[local] = (f"{module}.{alias.name}", node.lineno)
-        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            name = node.targets[0].id
-            self.env[name], self.lines[name] = self._value(node.value), node.lineno
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
-            name = node.target.id
-            self.env[name], self.lines[name] = self._value(node.value), node.lineno
-        elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name) and isinstance(node.op, ast.Add):
-            name, old, more = node.target.id, self.env.get(node.target.id), self._value(node.value)
-            if isinstance(old, list) and isinstance(more, list):
-                self.env[name] = old + more
-            else:
-                self._problem(node, "`+=` of values the reader cannot add")
-        elif isinstance(node, ast.If):
-            test = self._value(node.test)
-            if isinstance(test, bool) or test is None:
-                for statement in node.body if test else node.orelse:
-                    self._statement(statement)
-            else:
-                self._problem(node, "an `if` on a value only known when run")
-        elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
-            pass  # a docstring
-        else:
-            self._problem(node, "a statement that only running the config would do; not run")
-
-    def _problem(self, node: ast.AST, reason: str) -> None:
-        self.problems.append(Unmapped(node.lineno, f"`{_short(ast.unparse(node))}`", reason))
-
-    def _value(self, node: ast.expr) -> Any:
-        if isinstance(node, ast.Constant):
-            return node.value
-        if isinstance(node, ast.Name):
-            if node.id in self.env:
-                if node.id in self.lines:
-                    self.referenced.add(node.id)
-                return self.env[node.id]
-            return Opaque(f"undefined name {node.id}", node.lineno)
-        if isinstance(node, ast.Attribute):
-            base = self._value(node.value)
-            if isinstance(base, Ref):
-                return Ref(f"{base.name}.{node.attr}")
-            if isinstance(base, V0Dict) and node.attr in base:
-                return base[node.attr]
-            return Opaque(ast.unparse(node), node.lineno)
-        if isinstance(node, ast.Call):
-            if isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
-                return self._dict(node.lineno, [(k.arg, k.value) for k in node.keywords])
-            func = self._value(node.func) if isinstance(node.func, ast.Name | ast.Attribute) else None
-            name = func.name if isinstance(func, Ref) else ast.unparse(node.func)
-            return Call(name, ast.unparse(node), node.lineno)
-        if isinstance(node, ast.Dict) and all(isinstance(k, ast.Constant) for k in node.keys):
-            return self._dict(node.lineno, [(k.value, v) for k, v in zip(node.keys, node.values, strict=True)])
-        if isinstance(node, ast.List | ast.Tuple):
-            items = [self._value(e) for e in node.elts]
-            return items if isinstance(node, ast.List) else tuple(items)
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd | ast.Not):
-            operand = self._value(node.operand)
-            if isinstance(node.op, ast.Not) and isinstance(operand, bool | None):
-                return not operand
-            if _number(operand):
-                return -operand if isinstance(node.op, ast.USub) else operand
-        if isinstance(node, ast.BinOp):
-            left, right = self._value(node.left), self._value(node.right)
-            if _number(left) and _number(right) and isinstance(node.op, ast.Add | ast.Sub | ast.Mult | ast.Div):
-                ops = {
-                    ast.Add: float.__add__,
-                    ast.Sub: float.__sub__,
-                    ast.Mult: float.__mul__,
-                    ast.Div: float.__truediv__,
-                }
-                value = ops[type(node.op)](float(left), float(right))
-                return int(value) if isinstance(left, int) and isinstance(right, int) and value.is_integer() else value
-            if isinstance(left, str) and isinstance(right, str) and isinstance(node.op, ast.Add):
-                return left + right
-        return Opaque(ast.unparse(node), node.lineno)
-
-    def _dict(self, line: int, items: list[tuple[str | None, ast.expr]]) -> V0Dict | Opaque:
-        out = V0Dict(line)
-        for key, value in items:
-            if key is None:  # dict(**other)
-                return Opaque("dict(**...)", line)
-            out[key], out.lines[key] = self._value(value), value.lineno
-        return out
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _short(text: str, width: int = 80) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, Ref):
-        return value.name
-    if isinstance(value, Call | Opaque):
-        return _short(value.source)
-    if isinstance(value, V0Dict):
-        kind = value.get("type")
-        return f"dict(type={_describe(kind)}, ...)" if kind is not None else "dict(...)"
-    return _short(repr(value))
-
-
 class _Mapper:
     """The read values onto xtune's schema; every key it does not consume is reported with its line."""
 
-    def __init__(self, reader: _Reader, base_dir: Path):
+    def __init__(self, reader: V0Reader, base_dir: Path):
         self.r, self.base_dir = reader, base_dir
         self.raw: dict[str, Any] = {"model": {}, "data": {}, "training": {}, "saving": {}, "evaluation": {}}
         self.unmapped: list[Unmapped] = list(reader.problems)
@@ -354,7 +167,7 @@ class _Mapper:
         value = d.take(key)
         fine = ok(value) if callable(ok) else value == ok
         if not fine:
-            self.miss(d, key, path, f"{_describe(value)}: {reason}")
+            self.miss(d, key, path, f"{describe(value)}: {reason}")
 
     # --- the sections ---------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -376,12 +189,12 @@ class _Mapper:
         if leaf in PREFERENCE_MODELS:
             self.miss(model, "type", f"model.type ({leaf})", PREFERENCE_REASON, blocking=True)
         elif leaf not in ("SupervisedFinetune", "LLaVAModel"):
-            self.miss(model, "type", "model.type", f"{_describe(kind)}: not a v0 model type xtune knows", True)
+            self.miss(model, "type", "model.type", f"{describe(kind)}: not a v0 model type xtune knows", True)
         llm = model.take("llm")
         if isinstance(llm, V0Dict):
             self.llm(llm)
         else:
-            self.miss(model, "llm", "model.llm", f"{_describe(llm)}: no dict(...) to read the model path from", True)
+            self.miss(model, "llm", "model.llm", f"{describe(llm)}: no dict(...) to read the model path from", True)
         if model.take("use_activation_checkpointing", True) is not False:  # v0's default: on
             self.set("model", "gradient_checkpointing", True)
         varlen = model.take("use_varlen_attn")
@@ -401,14 +214,14 @@ class _Mapper:
             if quantized:
                 self.miss(model, "llm", "model.llm.quantization_config", "a 4-bit base without LoRA cannot train")
         else:
-            self.miss(model, "lora", "model.lora", f"{_describe(lora)}: not a dict(type=LoraConfig, ...)")
+            self.miss(model, "lora", "model.lora", f"{describe(lora)}: not a dict(type=LoraConfig, ...)")
         if leaf == "LLaVAModel":
             self.llava(model)
 
     def llm(self, llm: V0Dict) -> None:
         kind = llm.take("type")
         if not (isinstance(kind, Ref) and kind.name.endswith("from_pretrained")):
-            self.miss(llm, "type", "model.llm.type", f"{_describe(kind)}: xtune loads models from a directory")
+            self.miss(llm, "type", "model.llm.type", f"{describe(kind)}: xtune loads models from a directory")
         path = llm.take("pretrained_model_name_or_path")
         if isinstance(path, str):
             self.set("model", "path", path)
@@ -421,7 +234,7 @@ class _Mapper:
                 llm,
                 "pretrained_model_name_or_path",
                 "model.llm.pretrained_model_name_or_path",
-                f"{_describe(path)}: not a path string",
+                f"{describe(path)}: not a path string",
                 blocking=True,
             )
         if llm.take("trust_remote_code") and not self.raw["model"].get("trust_remote_code"):
@@ -431,7 +244,7 @@ class _Mapper:
             )
         dtype = llm.take("torch_dtype")
         if dtype is not None:
-            self.notes.append(f"torch_dtype {_describe(dtype)}: model.dtype auto (bfloat16 where the GPU has it)")
+            self.notes.append(f"torch_dtype {describe(dtype)}: model.dtype auto (bfloat16 where the GPU has it)")
         if "attn_implementation" in llm:
             value = llm.take("attn_implementation")
             if value in ("sdpa", "eager", "flash_attention_2"):
@@ -467,12 +280,12 @@ class _Mapper:
                     "8-bit training: xtune quantizes the base to 4 bits (method qlora) or not at all",
                 )
         elif quant is not None:
-            self.miss(llm, "quantization_config", "model.llm.quantization_config", f"{_describe(quant)}: unknown")
+            self.miss(llm, "quantization_config", "model.llm.quantization_config", f"{describe(quant)}: unknown")
         self.report(llm, "model.llm")
 
     def lora(self, lora: V0Dict, path: str) -> None:
         if not self.is_type(lora, "LoraConfig"):
-            self.miss(lora, "type", f"{path}.type", f"{_describe(lora.get('type'))}: not peft's LoraConfig")
+            self.miss(lora, "type", f"{path}.type", f"{describe(lora.get('type'))}: not peft's LoraConfig")
         lora.take("type")
         settings = {}
         for v0_key, key in (("r", "r"), ("lora_alpha", "alpha"), ("lora_dropout", "dropout")):
@@ -482,7 +295,7 @@ class _Mapper:
         if isinstance(targets, list | tuple) and all(isinstance(t, str) for t in targets):
             settings["target_modules"] = self.module_names(list(targets))
         elif targets is not None:
-            self.miss(lora, "target_modules", f"{path}.target_modules", f"{_describe(targets)}: not a list of names")
+            self.miss(lora, "target_modules", f"{path}.target_modules", f"{describe(targets)}: not a list of names")
         self.expect(lora, "bias", f"{path}.bias", "none", "xtune's adapters train no biases")
         self.expect(lora, "task_type", f"{path}.task_type", "CAUSAL_LM", "xtune trains causal LMs")
         self.raw["model"]["lora"] = settings
@@ -569,7 +382,7 @@ class _Mapper:
 
     def dataset(self, d: Any, path: str) -> dict | None:
         if not isinstance(d, V0Dict):
-            self.unmapped.append(Unmapped(getattr(d, "line", 0), path, f"{_describe(d)}: not a dict(...)", True))
+            self.unmapped.append(Unmapped(getattr(d, "line", 0), path, f"{describe(d)}: not a dict(...)", True))
             return None
         kind = d.take("type")
         out: dict[str, Any] = {}
@@ -583,7 +396,7 @@ class _Mapper:
             source = d.take("dataset")
             out["path"] = self.source_path(source, f"{path}.dataset")
         else:
-            self.miss(d, "type", f"{path}.type", f"{_describe(kind)}: not a dataset type xtune reads", True)
+            self.miss(d, "type", f"{path}.type", f"{describe(kind)}: not a dataset type xtune reads", True)
             return None
         if not isinstance(out.get("path"), str):
             return None
@@ -621,7 +434,7 @@ class _Mapper:
         if not (isinstance(source, V0Dict) and self.is_type(source, "load_dataset")):
             self.unmapped.append(
                 Unmapped(
-                    getattr(source, "line", 0), path, f"{_describe(source)}: not dict(type=load_dataset, ...)", True
+                    getattr(source, "line", 0), path, f"{describe(source)}: not dict(type=load_dataset, ...)", True
                 )
             )
             return None
@@ -646,7 +459,7 @@ class _Mapper:
                 source,
                 "data_files",
                 f"{path}.data_files",
-                f"{_describe(files)}: xtune reads one file per dataset; list each file as its own dataset",
+                f"{describe(files)}: xtune reads one file per dataset; list each file as its own dataset",
                 blocking=True,
             )
             return None
@@ -668,7 +481,7 @@ class _Mapper:
             file = self.base_dir / f"{module.replace('.', '/')}.py"
             self.notes.append(f"{path}.dataset_map_fn: your function {fn}; it may return v0's {{conversation: [...]}}")
             return f"{module.replace('.', '/')}.py:{fn}" if file.is_file() else f"{module}:{fn}"
-        self.miss(d, "dataset_map_fn", f"{path}.dataset_map_fn", f"{_describe(map_fn)}: not a function name")
+        self.miss(d, "dataset_map_fn", f"{path}.dataset_map_fn", f"{describe(map_fn)}: not a function name")
         return "conversation"
 
     def template(self, value: Any, d: V0Dict, path: str) -> None:
@@ -688,7 +501,7 @@ class _Mapper:
                 self.miss(d, "template", path, f"{name}: xtune has one template for all datasets ({known})")
             self.set("data", "template", name)
         elif value is not None:
-            self.miss(d, "template", path, f"{_describe(value)}: not a PROMPT_TEMPLATE name")
+            self.miss(d, "template", path, f"{describe(value)}: not a PROMPT_TEMPLATE name")
 
     def optimizer(self, wrapper: Any) -> None:
         if not isinstance(wrapper, V0Dict):
@@ -701,7 +514,7 @@ class _Mapper:
                     opt,
                     "type",
                     "optim_wrapper.optimizer.type",
-                    f"{_describe(opt.get('type'))}: xtune trains with AdamW",
+                    f"{describe(opt.get('type'))}: xtune trains with AdamW",
                 )
             opt.take("type")
             if "lr" in opt:
@@ -747,13 +560,13 @@ class _Mapper:
         for i, s in enumerate(schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []):
             path = f"param_scheduler[{i}]"
             if not isinstance(s, V0Dict):
-                self.unmapped.append(Unmapped(getattr(s, "line", 0), path, f"{_describe(s)}: not a dict(...)"))
+                self.unmapped.append(Unmapped(getattr(s, "line", 0), path, f"{describe(s)}: not a dict(...)"))
                 continue
             for key in ("type", "by_epoch", "convert_to_iter_based", "begin"):
                 s.take(key)
             if self.is_type(s, "LinearLR") and i == 0:
                 end = s.take("end")
-                if _number(end) and epochs:
+                if number(end) and epochs:
                     self.set("training", "warmup_ratio", round(end / epochs, 6))
                 s.take("start_factor")  # xtune warms up from 0, v0 from 1e-5 of the peak
             elif self.is_type(s, "CosineAnnealingLR", "ConstantLR", "LinearLR"):
@@ -769,7 +582,7 @@ class _Mapper:
                     s,
                     "type",
                     f"{path}.type",
-                    f"{_describe(s.get('type'))}: xtune schedules are warmup + cosine, linear or constant",
+                    f"{describe(s.get('type'))}: xtune schedules are warmup + cosine, linear or constant",
                 )
             self.report(s, path)
 
@@ -813,7 +626,7 @@ class _Mapper:
             if self.is_type(hook, "DatasetInfoHook", "VarlenAttnArgsToMessageHubHook", "ThroughputHook"):
                 continue  # xtune logs the data summary and throughput itself; varlen needs no hook
             if not self.is_type(hook, "EvaluateChatHook"):
-                self.unmapped.append(Unmapped(getattr(hook, "line", 0), path, f"{_describe(hook)}: unknown hook"))
+                self.unmapped.append(Unmapped(getattr(hook, "line", 0), path, f"{describe(hook)}: unknown hook"))
                 continue
             for key in ("type", "tokenizer", "image_processor"):
                 hook.take(key)
@@ -823,12 +636,12 @@ class _Mapper:
             if isinstance(inputs, list) and all(isinstance(x, str) for x in inputs):
                 self.set("evaluation", "inputs", inputs)
             elif inputs is not None:
-                self.miss(hook, "evaluation_inputs", f"{path}.evaluation_inputs", f"{_describe(inputs)}: not strings")
+                self.miss(hook, "evaluation_inputs", f"{path}.evaluation_inputs", f"{describe(inputs)}: not strings")
             system = self.system_text(hook.take("system"))
             if system:
                 self.set("evaluation", "system", system)
             elif hook.get("system"):
-                self.miss(hook, "system", f"{path}.system", f"{_describe(hook['system'])}: not a SYSTEM_TEMPLATE name")
+                self.miss(hook, "system", f"{path}.system", f"{describe(hook['system'])}: not a SYSTEM_TEMPLATE name")
             self.template(hook.take("prompt_template"), hook, f"{path}.prompt_template")
             if "max_new_tokens" in hook:
                 self.set("evaluation", "max_new_tokens", hook.take("max_new_tokens"))
@@ -872,7 +685,7 @@ class _Mapper:
         if isinstance(strategy, V0Dict) and self.is_type(strategy, "DeepSpeedStrategy"):
             self.deepspeed(strategy)
         elif strategy is not None:
-            self.unmapped.append(Unmapped(self.r.lines["strategy"], "strategy", f"{_describe(strategy)}: unknown"))
+            self.unmapped.append(Unmapped(self.r.lines["strategy"], "strategy", f"{describe(strategy)}: unknown"))
         for name in HANDLED:
             if name in self.r.env:
                 self.used_top.add(name)
@@ -892,12 +705,12 @@ class _Mapper:
             self.set("training", "engine", "deepspeed")
             self.set("training", "deepspeed", choice)
         else:
-            self.miss(strategy, "config", "strategy.config", f"{_describe(config)}: name a ZeRO stage or a JSON file")
+            self.miss(strategy, "config", "strategy.config", f"{describe(config)}: name a ZeRO stage or a JSON file")
 
     def report(self, d: V0Dict, path: str) -> None:
         for key in d:
             if key not in d.used:
-                self.miss(d, key, f"{path}.{key}", f"{_describe(d[key])}: no xtune setting")
+                self.miss(d, key, f"{path}.{key}", f"{describe(d[key])}: no xtune setting")
                 d.used.add(key)
 
     def leftovers(self) -> None:
@@ -909,7 +722,7 @@ class _Mapper:
             if isinstance(value, V0Dict):
                 self.report(value, name)
             else:
-                self.unmapped.append(Unmapped(line, name, f"{_describe(value)}: no xtune setting"))
+                self.unmapped.append(Unmapped(line, name, f"{describe(value)}: no xtune setting"))
         formats = " ".join(d.get("format", "") for d in self.raw["data"].get("datasets", []))
         for local, (target, line) in self.r.imports.items():
             root = target.lstrip(".").partition(".")[0]
@@ -924,13 +737,7 @@ def _mapped(values: dict[str, Any]) -> dict[str, Any]:
 def convert_v0_config(path: str | Path) -> Conversion:
     """Read a v0 config without running it and map it onto xtune's schema."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"cannot read XTuner config {path}: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: byte offset {e.start} is not UTF-8; save the config as UTF-8 text") from None
-    reader = _Reader(text, str(path))
+    reader = V0Reader(read_config_text(path), str(path))
     mapper = _Mapper(reader, path.parent)
     mapper.run()
     unmapped = sorted(mapper.unmapped, key=lambda u: u.line)
