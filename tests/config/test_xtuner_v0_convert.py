@@ -244,6 +244,7 @@ from xtuner.dataset.samplers import LengthGroupedSampler
 from xtuner.model import LLaVAModel
 visual_encoder_name_or_path = "openai/clip-vit-large-patch14-336"
 pretrained_pth = "./work_dirs/pretrain/iter_2181.pth"
+max_length = int(2048 - (336 / 14) ** 2)  # as v0's LLaVA configs: the image's 576 tokens left out
 model = dict(
     type=LLaVAModel,
     freeze_llm=True,
@@ -290,7 +291,7 @@ def test_llava_finetune_config(tmp_path):
         {"path": "./data/llava_v1_5_mix665k.json", "image_folder": "./data/images", "format": "llava"}
     ]
     assert data["pad_image_to_square"] is True and data["group_by_length"] is True
-    assert conversion.config.model.vision.lora and conversion.config.data.max_length == 512
+    assert conversion.config.model.vision.lora and conversion.config.data.max_length == 1472
     # settings nothing in the config uses are listed too (here: two of the text configs' settings)
     assert [u.key for u in conversion.unmapped] == ["data_path", "pack_to_max_length"]
 

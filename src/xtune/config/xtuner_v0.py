@@ -374,32 +374,33 @@ class _Mapper:
             self.report(dataset, "train_dataloader.dataset")
         path = "train_dataloader.dataset" + (".datasets" if len(parts) > 1 else "")
         self.raw["data"]["datasets"] = [
-            d for i, part in enumerate(parts) if (d := self.dataset(part, path + (f"[{i}]" if len(parts) > 1 else "")))
+            d for i, part in enumerate(parts) for d in self.dataset(part, path + (f"[{i}]" if len(parts) > 1 else ""))
         ]
         if not self.raw["data"]["datasets"]:
             self.unmapped.append(Unmapped(loader.line, "train_dataloader.dataset", "no dataset could be read", True))
         self.report(loader, "train_dataloader")
 
-    def dataset(self, d: Any, path: str) -> dict | None:
+    def dataset(self, d: Any, path: str) -> list[dict]:
+        """One v0 dataset as xtune datasets: one per data file it reads."""
         if not isinstance(d, V0Dict):
             self.unmapped.append(Unmapped(getattr(d, "line", 0), path, f"{describe(d)}: not a dict(...)", True))
-            return None
+            return []
         kind = d.take("type")
         out: dict[str, Any] = {}
         if self.is_type(d, "LLaVADataset"):
-            out["path"] = d.take("data_path")
+            files = [d.take("data_path")]
             out["image_folder"] = d.take("image_folder")
             d.take("image_processor")
             if d.take("pad_image_to_square"):
                 self.set("data", "pad_image_to_square", True)
         elif self.is_type(d, "process_hf_dataset") or (isinstance(kind, Ref) and kind.leaf == "build_origin_dataset"):
             source = d.take("dataset")
-            out["path"] = self.source_path(source, f"{path}.dataset")
+            files = self.source_paths(source, f"{path}.dataset")
         else:
             self.miss(d, "type", f"{path}.type", f"{describe(kind)}: not a dataset type xtune reads", True)
-            return None
-        if not isinstance(out.get("path"), str):
-            return None
+            return []
+        if not files or not all(isinstance(f, str) for f in files):
+            return []
         out["format"] = self.format(d, path)
         for key in (
             "tokenizer",
@@ -427,42 +428,34 @@ class _Mapper:
             out["max_dataset_length"] = d.take("max_dataset_length")
         d.take("max_dataset_length")
         self.report(d, path)
-        return out
+        return [{"path": file, **out} for file in files]
 
-    def source_path(self, source: Any, path: str) -> str | None:
-        """load_dataset(path=...) as a path xtune reads: a data file, a saved directory or a Hub id to fetch."""
+    def source_paths(self, source: Any, path: str) -> list[str]:
+        """load_dataset(...) as paths xtune reads: data files, a saved directory, or a Hub id to fetch first."""
         if not (isinstance(source, V0Dict) and self.is_type(source, "load_dataset")):
-            self.unmapped.append(
-                Unmapped(
-                    getattr(source, "line", 0), path, f"{describe(source)}: not dict(type=load_dataset, ...)", True
-                )
-            )
-            return None
+            reason = f"{describe(source)}: not dict(type=load_dataset, ...)"
+            self.unmapped.append(Unmapped(getattr(source, "line", 0), path, reason, True))
+            return []
         source.take("type")
         name, files = source.take("path"), source.take("data_files")
         if isinstance(files, V0Dict):
             files.take("train")
+            self.report(files, f"{path}.data_files")
             files = files.get("train")
-        if isinstance(files, list) and len(files) == 1:
-            files = files[0]
-        if name in ("json", "csv", "parquet") and isinstance(files, str):
+        files = [files] if isinstance(files, str) else files
+        if name in ("json", "csv", "parquet") and isinstance(files, list) and all(isinstance(f, str) for f in files):
             result = files
         elif isinstance(name, str) and files is None:
-            result = name
+            result = [name]
             if not (self.base_dir / name).exists() and name.count("/") == 1 and "." not in name.rpartition("/")[2]:
                 self.notes.append(
                     f"{path}.path {name!r} is a Hub dataset id: xtune never downloads; save it "
                     "locally (datasets' save_to_disk, or its JSON) and set data.datasets[].path"
                 )
         else:
-            self.miss(
-                source,
-                "data_files",
-                f"{path}.data_files",
-                f"{describe(files)}: xtune reads one file per dataset; list each file as its own dataset",
-                blocking=True,
-            )
-            return None
+            reason = f"path {describe(name)}, data_files {describe(files)}: name data files or a saved dataset"
+            self.miss(source, "data_files" if files is not None else "path", path, reason, blocking=True)
+            return []
         self.report(source, path)
         return result
 
@@ -719,7 +712,10 @@ class _Mapper:
             if name in self.used_top or name in self.r.referenced:
                 continue
             value = self.r.env[name]
-            if isinstance(value, V0Dict):
+            if name == "_base_":
+                reason = "mmengine base configs are not read; copy the settings you use from them into this one"
+                self.unmapped.append(Unmapped(line, name, f"{describe(value)}: {reason}"))
+            elif isinstance(value, V0Dict):
                 self.report(value, name)
             else:
                 self.unmapped.append(Unmapped(line, name, f"{describe(value)}: no xtune setting"))

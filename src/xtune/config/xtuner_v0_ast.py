@@ -9,6 +9,7 @@ are listed with their line.
 from __future__ import annotations
 
 import ast
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,6 +145,10 @@ class V0Reader:
         if isinstance(node, ast.Call):
             if isinstance(node.func, ast.Name) and node.func.id == "dict" and not node.args:
                 return self._dict(node.lineno, [(k.arg, k.value) for k in node.keywords])
+            if isinstance(node.func, ast.Name) and node.func.id in _NUMBER_CASTS and node.func.id not in self.env:
+                args = [self._value(a) for a in node.args]
+                if len(args) == 1 and not node.keywords and number(args[0]):  # int(2048 - (336 / 14) ** 2)
+                    return _NUMBER_CASTS[node.func.id](args[0])
             func = self._value(node.func) if isinstance(node.func, ast.Name | ast.Attribute) else None
             name = func.name if isinstance(func, Ref) else ast.unparse(node.func)
             return Call(name, ast.unparse(node), node.lineno)
@@ -160,15 +165,15 @@ class V0Reader:
                 return -operand if isinstance(node.op, ast.USub) else operand
         if isinstance(node, ast.BinOp):
             left, right = self._value(node.left), self._value(node.right)
-            if number(left) and number(right) and isinstance(node.op, ast.Add | ast.Sub | ast.Mult | ast.Div):
-                ops = {
-                    ast.Add: float.__add__,
-                    ast.Sub: float.__sub__,
-                    ast.Mult: float.__mul__,
-                    ast.Div: float.__truediv__,
-                }
-                value = ops[type(node.op)](float(left), float(right))
-                return int(value) if isinstance(left, int) and isinstance(right, int) and value.is_integer() else value
+            # arithmetic on config-sized numbers only, so that no expression can make reading the file slow
+            small = all(abs(v) < 2**64 for v in (left, right) if number(v)) and not (
+                isinstance(node.op, ast.Pow) and not (isinstance(right, int) and abs(right) <= 8)
+            )
+            if number(left) and number(right) and type(node.op) in _ARITHMETIC and small:
+                try:
+                    return _ARITHMETIC[type(node.op)](left, right)
+                except (ArithmeticError, ValueError):
+                    pass
             if isinstance(left, str) and isinstance(right, str) and isinstance(node.op, ast.Add):
                 return left + right
         return Opaque(ast.unparse(node), node.lineno)
@@ -180,6 +185,17 @@ class V0Reader:
                 return Opaque("dict(**...)", line)
             out[key], out.lines[key] = self._value(value), value.lineno
         return out
+
+
+_ARITHMETIC = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Pow: operator.pow,
+}
+_NUMBER_CASTS = {"int": int, "float": float, "round": round}
 
 
 def number(value: Any) -> bool:
