@@ -399,3 +399,17 @@ def test_train_converts_a_v0_config_on_the_fly(tmp_path, capsys, one_layer_model
     assert (work / "final" / "adapter_config.json").exists()
     metrics = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
     assert max(m.get("step", 0) for m in metrics) == 2
+
+
+@pytest.mark.parametrize(
+    ("strategy", "choice"),
+    [
+        ("config=dict(zero_optimization=dict(stage=3, offload_optimizer=dict(device='cpu')))", "zero3_offload"),
+        ("config='deepspeed_zero2'", "zero2"),
+    ],
+)
+def test_deepspeed_strategy_becomes_the_engine(tmp_path, strategy, choice):
+    extra = f"from mmengine._strategy import DeepSpeedStrategy\nstrategy = dict(type=DeepSpeedStrategy, {strategy})\n"
+    conversion = convert_v0_config(v0_config(tmp_path, extra=extra))
+    assert conversion.raw["training"]["engine"] == "deepspeed" and conversion.config.training.deepspeed == choice
+    assert conversion.unmapped == []
