@@ -130,7 +130,8 @@ class Conversion:
             lines.append("# Notes:")
             lines += [f"#   {note}" for note in self.notes]
         if self.handled:
-            lines.append(f"# Handled by xtune itself, no setting: {', '.join(self.handled)}")
+            lines.append("# Handled by xtune itself, no setting:")
+            lines += [f"#   {name}: {HANDLED[name]}" for name in self.handled]
         return "\n".join(lines) + "\n\n" + config_yaml(self.config)
 
 
