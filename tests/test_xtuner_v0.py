@@ -51,6 +51,12 @@ def test_aliases_parse_as_the_xtune_spelling(argv, expected):
             "xtune convert pth_to_hf work_dirs/my_cfg/checkpoint-500 ./hf",
         ),
         (
+            ["convert", "pth_to_hf", "work_dirs/my_cfg/iter_40.pth", "./hf"],
+            "`xtune convert pth_to_hf` is XTuner v0's: xtune's training already writes work_dirs/my_cfg/final as a "
+            "Hugging Face directory (a PEFT adapter for LoRA/QLoRA), so there is nothing to convert; for a checkpoint: "
+            "xtune convert pth_to_hf work_dirs/my_cfg/checkpoint-40 ./hf",
+        ),
+        (
             ["--debug", "mmbench", "internlm2", "--llava", "./llava", "--visual-encoder", "clip", "--data-path=mm.tsv"],
             "`xtune mmbench` is XTuner v0's: xtune eval-mmbench ./llava mm.tsv (the model is one LLaVA directory, "
             "xtune's final/ or a merged LLaVA, which holds its LLM, vision encoder and template)",

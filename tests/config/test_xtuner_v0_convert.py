@@ -413,3 +413,13 @@ def test_deepspeed_strategy_becomes_the_engine(tmp_path, strategy, choice):
     conversion = convert_v0_config(v0_config(tmp_path, extra=extra))
     assert conversion.raw["training"]["engine"] == "deepspeed" and conversion.config.training.deepspeed == choice
     assert conversion.unmapped == []
+
+
+def test_a_family_that_runs_its_own_code_keeps_trust_remote_code(tmp_path):
+    config = v0_config(
+        tmp_path, model_path="THUDM/chatglm3-6b", lora=LORA.replace('["wqkv", "wo"]', '["query_key_value"]')
+    )
+    config.write_text(config.read_text().replace("PROMPT_TEMPLATE.internlm2_chat", "PROMPT_TEMPLATE.chatglm3"))
+    conversion = convert_v0_config(config)
+    assert conversion.config.model.trust_remote_code and conversion.config.data.template == "chatglm3"
+    assert conversion.config.model.lora.target_modules == ["query_key_value"]  # only InternLM2's names change

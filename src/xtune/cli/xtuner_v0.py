@@ -50,9 +50,12 @@ def _flag(rest: list[str], flag: str) -> str | None:
 
 def _pth_to_hf(rest: list[str]) -> str | None:
     """v0's `convert pth_to_hf CONFIG PTH OUT` (xtune's takes a checkpoint directory and OUT)."""
-    if len(_positional(rest)) != 3:
+    words = _positional(rest)
+    if len(words) == 2 and words[0].endswith(".pth"):  # the config left out: the work dir names it
+        words = [Path(words[0]).parent.name, *words]
+    if len(words) != 3:
         return None
-    config, pth, out = _positional(rest)
+    config, pth, out = words
     name = Path(config).stem if Path(config).suffix in (".py", ".yaml", ".yml") else config
     step = re.search(r"iter_(\d+)\.pth", pth)
     checkpoint = f"work_dirs/{name}/checkpoint-{step[1] if step else 'N'}"
