@@ -103,6 +103,10 @@ def test_only_families_transformers_lacks_run_remote_code():
         ("internlm_20b_qlora_oasst1_512_e3", {"max_length": 512, "epochs": 3}),
         ("internlm2_chat_7b_qlora_alpaca_e1", {"epochs": 1}),
         ("internlm2_chat_7b_qlora_msagent_react_e3_gpu8", {"gradient_accumulation": 2}),
+        ("llama3_70b_instruct_qlora_alpaca_e3_2k_gpu8", {"max_length": 2048, "gradient_accumulation": 2}),
+        ("llama3_70b_qlora_alpaca_e3_z3_8k", {"max_length": 8192, "deepspeed": "zero3"}),
+        ("mistral_7b_full_finetune_custom_sft_e1", {"epochs": 1, "format": "openai"}),
+        ("deepseekcoder_6_7b_instruct_qlora_custom_sft_e1", {"epochs": 1, "template": "deepseek_coder"}),
         (
             "qwen1_5_7b_chat_full_alpaca_512_e2_gpu8_varlenattn",
             {"max_length": 512, "epochs": 2, "gradient_accumulation": 2, "varlen": True},
@@ -115,6 +119,9 @@ def test_v0_name_options_resolve_by_name(name, expected):
     assert cfg.training.epochs == expected.get("epochs", 3)
     assert cfg.training.gradient_accumulation == expected.get("gradient_accumulation", 16)
     assert (cfg.model.attn_implementation == "flash_attention_2") == expected.get("varlen", False)
+    assert cfg.training.deepspeed == expected.get("deepspeed")
+    assert cfg.data.datasets[0].format == expected.get("format", cfg.data.datasets[0].format)
+    assert cfg.data.template == expected.get("template", cfg.data.template)
 
 
 def test_get_preset_returns_an_independent_copy():
@@ -195,6 +202,8 @@ def test_cli_list_cfg_lists_the_course_presets(capsys):
         ("minicpm3_4b", "XTuner v0's minicpm3_4b family has no xtune preset: MiniCPM3's chat format"),
         ("internlm_20b_qlora_moss_sft_all_e1", "XTuner v0's moss_sft dataset has no xtune preset: MOSS-003-SFT"),
         ("internlm2_chat_7b_dpo", "XTuner v0's dpo dataset has no xtune preset: preference training: arriving"),
+        ("llama2_70b_int8_lora_open_platypus_e1", "XTuner v0's int8 method has no xtune preset: 8-bit LoRA"),
+        ("llama3_70b_qlora_alpaca_e3_z3_8k_sp1", "sequence parallelism (v0's _spN) is not in xtune"),
     ],
 )
 def test_cli_list_cfg_says_which_v0_family_or_dataset_is_missing(capsys, pattern, reason):

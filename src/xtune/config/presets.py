@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -101,7 +102,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
             for s in ("0_5b", "1_5b", "3b", "7b", "14b", "32b", "72b")
         },
     ),
-    # Llama 2 and 3
+    # LLaMA (v1), Llama 2 and 3
+    "llama_7b": _family("huggyllama/llama-7b", "default"),  # a base model without a chat format
     **_sizes(
         "llama2_",
         "meta-llama/Llama-2-",
@@ -112,7 +114,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "llama3_",
         "meta-llama/Meta-Llama-3-",
         "llama3_chat",
-        {"8b": "8B", "8b_instruct": "8B-Instruct", "70b_instruct": "70B-Instruct"},
+        {"8b": "8B", "8b_instruct": "8B-Instruct", "70b": "70B", "70b_instruct": "70B-Instruct"},
     ),
     # Mistral, Mixtral, Zephyr
     "mistral_7b": _family("mistralai/Mistral-7B-v0.1", "mistral"),
@@ -213,22 +215,29 @@ DATASETS: dict[str, dict[str, Any]] = {
     "tiny_codes": _data(("data/tiny-codes.jsonl", "tiny_codes"), epochs=1),  # nampdn-ai/tiny-codes
     "wizardlm": _data(("data/WizardLM_evol_instruct_V2_143k.json", "wizardlm"), epochs=1),  # WizardLM evol V2
     "stack_exchange": _data(("data/stack-exchange-instruction.jsonl", "stack_exchange"), epochs=1),
-    "custom_dataset": _data(("data/custom_dataset.jsonl", "openai"), epochs=1),  # yours, in OpenAI's chat layout
+    "custom_sft": _data(("data/custom_sft.jsonl", "openai"), epochs=1),  # yours, in OpenAI's chat layout
+    "custom_pretrain": _data(("data/custom_pretrain.jsonl", "pretrain"), epochs=1),  # yours, {"text"} per line
 }
 # v0's datasets that xtune has no preset for, and why.
 MISSING_DATASETS: dict[str, str] = {
     "moss_sft": "MOSS-003-SFT needs v0's MOSS plugin format, which xtune does not read",
     "cmd": "v0's cmd configs read the Chinese medical dialogue CSVs in a layout xtune has no format for; use medical",
     "skypile_pretrain": "pre-training on SkyPile: write it as {text} JSONL and use format pretrain",
+    "pgbooks": "PG-19 books for long-context pre-training: write them as {text} JSONL and use custom_pretrain",
     "refcoco": "RefCOCO grounding data is multimodal beyond LLaVA's format",
     "dpo": "preference training: arriving with training.objective",
     "orpo": "preference training: arriving with training.objective",
     "reward": "preference training: arriving with training.objective",
 }
 
+MISSING_METHODS: dict[str, str] = {
+    "int8": "8-bit LoRA: xtune quantizes the base to 4 bits (qlora) or not at all (lora)",
+}
+
 # v0's name options after <family>_<method>_<dataset>: `_512` (max length), `_e<N>` (epochs), `_gpu8` (the global
 # batch of one GPU's 16 accumulated steps spread over 8 GPUs: `xtune train NAME --nproc-per-node 8`), `_varlenattn`
-# (v0's varlen flash attention: xtune keeps packed samples apart with any kernel; this asks for flash-attention-2).
+# (v0's varlen flash attention: xtune keeps packed samples apart with any kernel; this asks for flash-attention-2);
+# also `_<N>k` (max length N x 1024) and `_z<N>` (DeepSpeed ZeRO stage N).
 OPTIONS: dict[str, dict[str, Any]] = {
     "512": {"data": {"max_length": 512}},
     "gpu8": {"training": {"gradient_accumulation": 2}},
@@ -378,10 +387,13 @@ def merge(base: dict, *updates: dict) -> dict:
 
 def _v0_parts(name: str) -> tuple[dict, ...] | None:
     """The parts of a v0-style name, `<family>_<method>_<dataset>[_512]_e<N>[_gpu8][_varlenattn]`, or None."""
+    name = name.replace("deepseekcoder_", "deepseek_coder_", 1)  # v0 spells it both ways
     for family in sorted(FAMILIES, key=len, reverse=True):  # internlm2_chat_7b_sft before internlm2_chat_7b
         if not name.startswith(f"{family}_"):
             continue
         method, _, rest = name[len(family) + 1 :].partition("_")
+        if method == "full" and rest.startswith("finetune_"):  # v0's custom-data configs say full_finetune
+            rest = rest.removeprefix("finetune_")
         for dataset in sorted(DATASETS, key=len, reverse=True):
             if method in METHODS and rest.startswith(f"{dataset}_"):
                 options = _options(rest[len(dataset) + 1 :])
@@ -399,6 +411,10 @@ def _options(words: str) -> list[dict] | None:
             parts.append(epochs)
         elif word in OPTIONS and (epochs is None) == (word == "512"):  # _512 before _eN, the others after it
             parts.append(OPTIONS[word])
+        elif epochs and re.fullmatch(r"[1-9]\d*k", word):  # _8k: the context length
+            parts.append({"data": {"max_length": int(word[:-1]) * 1024}})
+        elif epochs and re.fullmatch(r"z[123]", word):  # _z3: DeepSpeed ZeRO stage 3
+            parts.append({"training": {"engine": "deepspeed", "deepspeed": f"zero{word[1]}"}})
         else:
             return None
     return parts if epochs else None
@@ -472,13 +488,18 @@ def missing_reason(pattern: str) -> str | None:
     if family is None:
         return None
     method, _, rest = pattern[len(family) + 1 :].partition("_")
+    if method in MISSING_METHODS:
+        return f"XTuner v0's {method} method has no xtune preset: {MISSING_METHODS[method]}"
     if method not in METHODS:
         return f"{method!r} is not a method; after {family}_ comes one of {', '.join(METHODS)}"
     dataset = next((d for d in sorted(DATASETS, key=len, reverse=True) if rest.startswith(d)), None)
     if dataset is None:
         return f"no dataset {rest.split('_e')[0]!r}; datasets: {', '.join(DATASETS)}"
+    options = rest[len(dataset) :]
+    if re.search(r"_sp\d+(_|$)", options):
+        return "sequence parallelism (v0's _spN) is not in xtune; shard long sequences' memory with --fsdp instead"
     return (
-        f"options {rest[len(dataset) :]!r} are not v0's: [_512]_e<N>[_gpu8][_varlenattn], e.g. "
+        f"options {options!r} are not v0's: [_512]_e<N>[_gpu8][_varlenattn][_8k][_z3], e.g. "
         f"{family}_{method}_{dataset}_512_e3_gpu8"
     )
 
