@@ -325,7 +325,35 @@ CASES = [
         ],
         "xtune: error: model.vision.projector_path: {inputs}/nope does not exist; point it at stage 1's output (final)",
     ),
-    # 9. GGUF export that cannot be done: refused before any model loads
+    # 9. XTuner v0's configs and names
+    Case(
+        "v0-config-not-python",
+        ["train", "{inputs}/v0.py", "--work-dir", "{work}"],
+        "xtune: error: {inputs}/v0.py:2: not valid Python: '(' was never closed",
+        {"v0.py": b"lr = 2e-4\nmodel = dict(\n"},
+    ),
+    Case(
+        "v0-config-without-model",
+        ["check-custom-dataset", "{inputs}/v0.py"],
+        "xtune: error: {inputs}/v0.py: cannot convert this XTuner v0 config: model: no model = dict(...) found; "
+        "train_dataloader: no train_dataloader = dict(...) found",
+        {"v0.py": b"lr = 2e-4\n"},
+    ),
+    Case(
+        "v0-convert-not-python",
+        ["convert", "xtuner-config", "{inputs}/c.yaml", "{inputs}/out.yaml"],
+        "xtune: error: convert xtuner-config {inputs}/c.yaml: name an XTuner v0 config file (.py)",
+        {"c.yaml": b"model: {path: x}\n"},
+    ),
+    Case(
+        "v0-family-missing",
+        ["train", "chatglm2_6b_qlora_alpaca_e3", "--work-dir", "{work}"],
+        "xtune: error: 'chatglm2_6b_qlora_alpaca_e3' is neither a config file nor a preset name. XTuner v0's "
+        "chatglm2_6b family has no xtune preset: ChatGLM2's '[Round N]' prompt format is not an xtune template yet "
+        "(ChatGLM3 is: chatglm3_6b). Did you mean: chatglm3_6b_qlora_alpaca_e3, chatglm3_6b_lora_alpaca_e3, "
+        "chatglm3_6b_qlora_alpaca_zh_e3?",
+    ),
+    # 10. GGUF export and lm-eval that cannot be done: refused before any model loads
     Case(
         "gguf-unknown-type",
         ["convert", "gguf", "{tiny_llama}", "{inputs}/m.gguf", "--type", "q4_k_m"],
@@ -349,7 +377,7 @@ CASES = [
         ["eval", "{tiny_llama}", "--tasks", "xtune_tiny,{inputs}/mmlu.yaml"],
         "xtune: error: --tasks {inputs}/mmlu.yaml: no such task file {inputs}/mmlu.yaml",
     ),
-    # 10. causes that used to escape as tracebacks
+    # 11. causes that used to escape as tracebacks
     Case(
         "log-dataset-count-0",
         ["log-dataset", PRESET, "--count", "0"],
