@@ -217,3 +217,28 @@ def test_sentencepiece_vocabulary_and_merged_system_template(tmp_path):
         modelfile
     )
     assert 'SYSTEM """Be brief."""' in modelfile and 'PARAMETER stop "</s>"' in modelfile
+
+
+def test_an_export_that_fails_while_writing_leaves_no_file(one_layer_model_dir, tmp_path, monkeypatch):
+    from xtune.models import gguf as gguf_export
+
+    out = tmp_path / "model.gguf"
+    out.write_bytes(b"the previous export")
+    converted = []
+
+    def fail_on_the_third(array, qtype):
+        converted.append(qtype)
+        if len(converted) == 3:
+            raise OSError("disk went away")
+        return encode(array, qtype)
+
+    encode = gguf_export._encode
+    monkeypatch.setattr(gguf_export, "_encode", fail_on_the_third)
+    with pytest.raises(OSError, match="disk went away"):
+        gguf_export.export_gguf(str(one_layer_model_dir), out, "bf16")
+    assert out.read_bytes() == b"the previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf"]  # no temporary file, no Modelfile
+
+    monkeypatch.setattr(gguf_export, "_encode", encode)
+    gguf_export.export_gguf(str(one_layer_model_dir), out, "bf16")
+    assert {t.tensor_type.name for t in GGUFReader(out).tensors} == {"BF16", "F32"}

@@ -100,14 +100,19 @@ def export_gguf(
         writer.add_pad_token_id(tokenizer.pad_token_id)
     writer.add_add_bos_token(False)  # the template writes it (as chat does), where the format has one
     writer.add_chat_template(template.to_jinja())
-    for name, array, qtype in gguf_tensors(model, family, out_type):
-        writer.add_tensor(name, array, raw_dtype=qtype)
+    # Streamed: the tensor table first, then one tensor converted at a time, so the export holds the model and
+    # a single converted tensor, not a second copy of the whole model.
+    weights = [(name, shape, load, _tensor_type(shape, out_type)) for name, shape, load in gguf_tensors(model, family)]
+    for name, shape, _, qtype in weights:
+        writer.add_tensor_info(name, *_tensor_info(shape, qtype))
 
     def write(tmp: Path) -> None:
         writer.path = tmp
         writer.write_header_to_file(tmp)
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file(progress=False)
+        writer.write_ti_data_to_file()
+        for _, _, load, qtype in weights:
+            writer.write_tensor_data(_encode(load(), qtype))
         writer.close()
 
     write_file_atomically(out, write)
@@ -135,31 +140,34 @@ def _original_model_type(model_dir: Path, adapter: str | None) -> str | None:
     return None
 
 
-def gguf_tensors(model: PreTrainedModel, family: Family, out_type: str):
-    """(gguf name, array, quantization type) for each weight, in llama.cpp's layout and names."""
+def gguf_tensors(model: PreTrainedModel, family: Family):
+    """(gguf name, shape, load) for each weight, where load() gives the float32 array in llama.cpp's layout."""
     import gguf
 
     config = model.config
     names = gguf.get_tensor_name_map(_arch(family), config.num_hidden_layers)
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    tied = config.tie_word_embeddings
     rope_freqs = _llama3_rope_freqs(config)
     if rope_freqs is not None:
-        yield "rope_freqs.weight", rope_freqs, gguf.GGMLQuantizationType.F32
+        yield "rope_freqs.weight", rope_freqs.shape, lambda: rope_freqs
     for hf_name, tensor in model.state_dict().items():
-        if tied and hf_name == "lm_head.weight":
+        if config.tie_word_embeddings and hf_name == "lm_head.weight":
             continue  # llama.cpp reads the output head from the embedding when the file has none
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise ConfigError(f"GGUF export: no llama.cpp name for the {config.model_type} weight {hf_name!r}")
-        data = tensor.detach().to(torch.float32)
-        if family.rope_pairs_interleaved and hf_name.endswith("q_proj.weight"):
-            data = permute_for_rope(data, heads, heads)
-        elif family.rope_pairs_interleaved and hf_name.endswith("k_proj.weight"):
-            data = permute_for_rope(data, heads, kv_heads)
-        if family.norm_offset and hf_name.endswith("norm.weight"):
-            data = data + family.norm_offset
-        yield name, *_encode(data.numpy(), out_type)
+
+        def load(hf_name: str = hf_name, tensor: torch.Tensor = tensor) -> np.ndarray:
+            data = tensor.detach().to(torch.float32)
+            if family.rope_pairs_interleaved and hf_name.endswith("q_proj.weight"):
+                data = permute_for_rope(data, heads, heads)
+            elif family.rope_pairs_interleaved and hf_name.endswith("k_proj.weight"):
+                data = permute_for_rope(data, heads, kv_heads)
+            if family.norm_offset and hf_name.endswith("norm.weight"):
+                data = data + family.norm_offset
+            return data.numpy()
+
+        yield name, tuple(tensor.shape), load
 
 
 def permute_for_rope(weight: torch.Tensor, heads: int, kv_heads: int) -> torch.Tensor:
@@ -174,21 +182,40 @@ def unpermute_for_rope(weight: torch.Tensor, heads: int, kv_heads: int) -> torch
     return weight.reshape(n, weight.shape[0] // n // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def _encode(array: np.ndarray, out_type: str):
-    """One tensor in the file's type; 1-d tensors (norms, biases) and rows that do not fill Q8_0 blocks stay f32,
-    as llama.cpp's converter keeps them."""
+def _tensor_type(shape: tuple[int, ...], out_type: str):
+    """A tensor's type in the file: 1-d tensors (norms, biases) stay f32 as llama.cpp's converter keeps them, and
+    rows that do not fill Q8_0's blocks of 32 go f16."""
+    import gguf
+
+    types = gguf.GGMLQuantizationType
+    if out_type == "f32" or len(shape) == 1:
+        return types.F32
+    if out_type == "q8_0" and shape[-1] % gguf.GGML_QUANT_SIZES[types.Q8_0][0]:
+        return types.F16
+    return {"f16": types.F16, "bf16": types.BF16, "q8_0": types.Q8_0}[out_type]
+
+
+def _tensor_info(shape: tuple[int, ...], qtype) -> tuple:
+    """add_tensor_info's shape, numpy dtype, byte count and raw type for a tensor of `shape` stored as `qtype`."""
+    import gguf
+    from gguf.quants import quant_shape_to_byte_shape
+
+    plain = {gguf.GGMLQuantizationType.F32: np.float32, gguf.GGMLQuantizationType.F16: np.float16}
+    if qtype in plain:
+        return shape, np.dtype(plain[qtype]), math.prod(shape) * np.dtype(plain[qtype]).itemsize, None
+    byte_shape = quant_shape_to_byte_shape(shape, qtype)
+    return byte_shape, np.dtype(np.uint8), math.prod(byte_shape), qtype
+
+
+def _encode(array: np.ndarray, qtype) -> np.ndarray:
     import gguf
     from gguf.quants import quantize
 
-    types = gguf.GGMLQuantizationType
-    if out_type == "f32" or array.ndim == 1:
-        return array.astype(np.float32), types.F32
-    if out_type == "f16":
-        return array.astype(np.float16), types.F16
-    qtype = types.BF16 if out_type == "bf16" else types.Q8_0
-    if qtype == types.Q8_0 and array.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
-        return array.astype(np.float16), types.F16
-    return quantize(array, qtype), qtype
+    if qtype == gguf.GGMLQuantizationType.F32:
+        return array.astype(np.float32)
+    if qtype == gguf.GGMLQuantizationType.F16:
+        return array.astype(np.float16)
+    return quantize(array, qtype)
 
 
 def _arch(family: Family):
