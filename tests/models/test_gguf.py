@@ -242,3 +242,22 @@ def test_an_export_that_fails_while_writing_leaves_no_file(one_layer_model_dir, 
     monkeypatch.setattr(gguf_export, "_encode", encode)
     gguf_export.export_gguf(str(one_layer_model_dir), out, "bf16")
     assert {t.tensor_type.name for t in GGUFReader(out).tensors} == {"BF16", "F32"}
+
+
+def test_llama3_rope_factors_give_transformers_rotary_frequencies():
+    """Llama 3.1's rope scaling goes in as llama.cpp's rope_freqs.weight, by which llama.cpp divides each rotary
+    frequency: the quotients are transformers' own llama3 frequencies."""
+    import numpy as np
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from xtune.models.gguf import _llama3_rope_freqs
+
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0}
+    rope.update(high_freq_factor=4.0, original_max_position_embeddings=8192)
+    config = LlamaConfig(hidden_size=256, num_attention_heads=4, head_dim=64, rope_parameters=rope)
+    expected, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    factors = _llama3_rope_freqs(config)
+    assert factors.min() == 1.0 and factors.max() == 8.0  # both ends and the smooth band between them
+    plain = 1.0 / 500000.0 ** (np.arange(0, 64, 2) / 64)
+    np.testing.assert_allclose(plain / factors, expected.numpy(), rtol=1e-6)
