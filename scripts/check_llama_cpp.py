@@ -68,7 +68,7 @@ def main() -> None:
         llama_greedy.append(token)
         if len(llama_greedy) == new:
             break
-    same = llama_greedy == hf_greedy[: len(llama_greedy)]
+    same = llama_greedy[: len(hf_greedy)] == hf_greedy  # transformers stops at EOS, llama.cpp's generate() does not
     print(f"greedy: {'same' if same else 'DIFFERENT'} tokens: {llama_greedy} vs {hf_greedy}")
     print(f"EOS in the file: {llm.token_eos()} (<|im_end|> is {tokenizer.convert_tokens_to_ids('<|im_end|>')})")
     ok = diff < 1e-3 and same and llama_ids == ids and llm.token_eos() == tokenizer.convert_tokens_to_ids("<|im_end|>")
