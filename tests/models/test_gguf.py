@@ -56,7 +56,8 @@ def trained(request, tmp_path_factory, save_trained_adapter) -> tuple[str, Path,
             if name.endswith(("q_proj.weight", "k_proj.weight")):
                 p.mul_(20)
     base.save_pretrained(base_dir)
-    AutoTokenizer.from_pretrained(TINY_LLAMA).save_pretrained(base_dir)
+    # a tokenizer whose EOS is not the template's end of turn (as Llama 3's <|end_of_text|> is not <|eot_id|>)
+    AutoTokenizer.from_pretrained(TINY_LLAMA, eos_token="<|endoftext|>").save_pretrained(base_dir)
     save_trained_adapter(base, base_dir, adapter_dir, TEMPLATE, CONFIG_YAML)
     return family, base_dir, adapter_dir
 
@@ -118,7 +119,7 @@ def test_f32_file_holds_the_merged_weights_and_runs_as_the_hf_model(trained, tmp
         assert types[tokenizer.convert_tokens_to_ids(token)] == TokenType.CONTROL
     assert reader.get_field("tokenizer.ggml.pre").contents() == "gpt-2"
     from_gguf = AutoTokenizer.from_pretrained(out.parent, gguf_file=out.name)
-    assert from_gguf.eos_token == "<|im_end|>"
+    assert tokenizer.eos_token == "<|endoftext|>" and from_gguf.eos_token == "<|im_end|>"  # the end of turn
     text = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     assert from_gguf(text, add_special_tokens=False).input_ids == tokenizer(text, add_special_tokens=False).input_ids
     assert from_gguf("<|im_start|><|im_end|>", add_special_tokens=False).input_ids == [2, 3]
