@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import track
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from xtune.errors import ConfigError
@@ -74,18 +76,14 @@ def export_gguf(
         raise ConfigError(f"--type {out_type}: choose one of {', '.join(GGUF_TYPES)}")
     model_dir = resolve_model_dir(model_path, ARGUMENT_USE)
     model_type = _original_model_type(model_dir, adapter)
-    if model_type not in FAMILIES and model_type != "internlm2":
-        raise ConfigError(
-            f"{model_dir}: GGUF export does not support the {model_type!r} architecture; it supports "
-            f"{', '.join([*FAMILIES, 'internlm2'])}. Merge it (`xtune convert merge`) and use llama.cpp's own "
-            "convert_hf_to_gguf.py"
-        )
+    if model_type is not None:  # refused before the weights load; a directory without config.json: load_for_inference
+        _family(model_dir, "llama" if model_type == "internlm2" else model_type)
     model, tokenizer, source = load_for_inference(
         model_path, adapter=adapter, trust_remote_code=trust_remote_code, device=torch.device("cpu"), dtype="auto"
     )
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    family = FAMILIES[model.config.model_type]  # InternLM2 arrives as llama
+    family = _family(model_dir, model.config.model_type)  # InternLM2 arrives as llama
     template = trained_template(source, tokenizer, template_name, model_type)
     out = Path(out)
     writer = gguf.GGUFWriter(None, family.arch)
@@ -111,7 +109,7 @@ def export_gguf(
         writer.write_header_to_file(tmp)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for _, _, load, qtype in weights:
+        for _, _, load, qtype in track(weights, f"writing {out.name}", console=Console(stderr=True), transient=True):
             writer.write_tensor_data(_encode(load(), qtype))
         writer.close()
 
@@ -122,6 +120,16 @@ def export_gguf(
         lambda tmp: tmp.write_text(modelfile(out.name, template, tokenizer, system), encoding="utf-8"),
     )
     return out
+
+
+def _family(model_dir: Path, model_type: str) -> Family:
+    if model_type not in FAMILIES:
+        raise ConfigError(
+            f"{model_dir}: GGUF export does not support the {model_type!r} architecture; it supports "
+            f"{', '.join([*FAMILIES, 'internlm2'])}. Merge it (`xtune convert merge`) and use llama.cpp's own "
+            "convert_hf_to_gguf.py"
+        )
+    return FAMILIES[model_type]
 
 
 def _base_dirs(model_dir: Path, adapter: str | None) -> list[Path]:
