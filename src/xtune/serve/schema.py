@@ -22,14 +22,16 @@ class RequestError(Exception):
         self.status, self.message, self.param, self.kind = status, message, param, kind
 
     def body(self) -> dict:
-        code = {401: "invalid_api_key", 404: "model_not_found", 413: "request_too_large", 429: "rate_limit_exceeded"}
+        code = {401: "invalid_api_key", 404: "not_found", 413: "request_too_large", 429: "rate_limit_exceeded"}
+        if self.param == "model" and self.status == 404:
+            code[404] = "model_not_found"
         return {
             "error": {"message": self.message, "type": self.kind, "param": self.param, "code": code.get(self.status)}
         }
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)  # "yes" is no boolean, "0.5" no number
 
 
 class ImageURL(_Body):
@@ -115,8 +117,14 @@ def parse_request(raw: bytes) -> ChatRequest:
         return ChatRequest.model_validate(body)
     except ValidationError as e:
         error = e.errors()[0]
-        param = ".".join(str(part) for part in error["loc"] if not str(part).startswith(("function-", "literal")))
+        param = ".".join(str(part) for part in error["loc"] if _is_field(part))
         raise RequestError(400, f"{param}: {error['msg']}", param) from None
+
+
+def _is_field(part: str | int) -> bool:
+    """A part of pydantic's error location that names a field or an index, not a union member (`str`,
+    `list[ContentPart]`, `function-after[...]`)."""
+    return isinstance(part, int) or (part.isidentifier() and part not in {"str", "int", "float", "bool", "list"})
 
 
 def decode_image(url: str, param: str) -> Image.Image:
