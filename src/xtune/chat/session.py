@@ -92,7 +92,7 @@ class ChatSession:
     ) -> Generation:
         """The model's reply to the history, appended to it. With tools, each reply that calls tools is answered
         with their results (an error result for a malformed call, which the model can correct) until a reply calls
-        none or max_tool_rounds rounds have run; tools offered but not run (tool_schemas) end the turn at the first
+        none, one is cut short (finish_reason "length") or max_tool_rounds rounds have run; tools offered but not run (tool_schemas) end the turn at the first
         reply that calls them, finish_reason "tool_calls". Token counts add up over the rounds."""
         rounds = prompt_tokens = completion_tokens = 0
         while True:
@@ -116,7 +116,8 @@ class ChatSession:
                     {"role": "assistant", "content": content, "tool_calls": [c.to_message() for c in calls]}
                 )
                 return dataclasses.replace(out, finish_reason="tool_calls")
-            if not calls or self.tools is None or rounds == self.max_tool_rounds:
+            # A reply cut by max_new_tokens is no call, whatever it began to write.
+            if not calls or self.tools is None or rounds == self.max_tool_rounds or out.finish_reason != "stop":
                 self.history.append({"role": "assistant", "content": reply})
                 return out
             rounds += 1
