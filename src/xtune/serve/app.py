@@ -13,10 +13,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from PIL import Image
 from starlette.exceptions import HTTPException
 from transformers import PreTrainedTokenizerBase
 
@@ -91,12 +93,21 @@ def create_app(
         check_key(request)
         body = parse_request(await read_body(request, max_body_bytes))
         check_model(body.model, "model")
-        session, offered = open_session(served, body)
-        job = Job(_work(session, offered, body.seed))
+        talk = conversation(body, served.takes_images)  # the messages' mistakes, before the request takes a slot
+        job = Job(_work(served, body, talk))
         if not generation.submit(job):
             raise RequestError(429, "the server is busy: every generation slot is taken; retry later", None, "busy")
-        reply_id, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        head = {"id": reply_id, "created": now, "model": served.name}
+        # The session opens on the generation thread (the tokenizer is not to be shared between threads): wait for
+        # it, so that a prompt over the context length still gets its 400.
+        event = await _next_event(job, request)
+        if event is None:
+            return Response(status_code=499)  # the client went away while waiting
+        kind, value = event
+        if kind == "error":
+            e = _failure(value)
+            return JSONResponse(e.body(), status_code=e.status)
+        session, offered = value
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.name}
         if body.stream:
             usage = body.stream_options is not None and body.stream_options.include_usage
             events = _stream(job, session, head, offered, usage)
@@ -119,10 +130,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def open_session(served: ServedModel, body: ChatRequest) -> tuple[ChatSession, bool]:
-    """The request's conversation in a new session, its settings, and whether it offers tools of its own (whose
-    calls go back to the client)."""
-    system, messages, images = conversation(body, served.takes_images)
+Conversation = tuple[str | None, list[dict], list[Image.Image]]  # schema.conversation's (system, messages, images)
+
+
+def open_session(served: ServedModel, body: ChatRequest, talk: Conversation) -> tuple[ChatSession, bool]:
+    """The request's conversation in a new session with its settings, and whether it offers tools of its own (whose
+    calls go back to the client). On the generation thread: it tokenizes."""
+    system, messages, images = talk
     offered = [t.model_dump() for t in body.tools] if body.tools and body.tool_choice != "none" else None
     settings = dataclasses.replace(
         served.settings,
@@ -149,10 +163,12 @@ def open_session(served: ServedModel, body: ChatRequest) -> tuple[ChatSession, b
     return session, offered is not None
 
 
-def _work(session: ChatSession, offered: bool, seed: int | None) -> Callable[[Job], Generation]:
+def _work(served: ServedModel, body: ChatRequest, talk: Conversation) -> Callable[[Job], Generation]:
     def work(job: Job) -> Generation:
-        if seed is not None:  # one generation at a time: the global generator is this request's
-            torch.manual_seed(seed)
+        session, offered = open_session(served, body, talk)
+        job.emit("ready", (session, offered))
+        if body.seed is not None:  # one generation at a time: the global generator is this request's
+            torch.manual_seed(body.seed)
 
         def on_text(text: str) -> None:
             job.emit("text", text)
@@ -166,6 +182,17 @@ def _work(session: ChatSession, offered: bool, seed: int | None) -> Callable[[Jo
         )
 
     return work
+
+
+async def _next_event(job: Job, request: Request) -> tuple[str, Any] | None:
+    """The job's next event; None when the client disconnected first (the job is then cancelled)."""
+    while True:
+        try:
+            return await asyncio.wait_for(job.events.get(), timeout=0.5)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                job.cancelled.set()
+                return None
 
 
 def _reply(
@@ -199,6 +226,8 @@ def _usage(result: Generation) -> dict:
 
 
 def _failure(e: Exception) -> RequestError:
+    if isinstance(e, RequestError):
+        return e
     if isinstance(e, XtuneError):
         return RequestError(400, str(e))
     return RequestError(500, f"generation failed: {type(e).__name__}: {e}", None, "server_error")
@@ -207,13 +236,10 @@ def _failure(e: Exception) -> RequestError:
 async def _whole(job: Job, session: ChatSession, head: dict, offered: bool, request: Request) -> Response:
     streamed = []
     while True:
-        try:
-            kind, value = await asyncio.wait_for(job.events.get(), timeout=0.5)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                job.cancelled.set()
-                return Response(status_code=499)
-            continue
+        event = await _next_event(job, request)
+        if event is None:
+            return Response(status_code=499)
+        kind, value = event
         if kind == "text":
             streamed.append(value)
         elif kind == "error":
