@@ -29,6 +29,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from xtune.cli import build_parser
 from xtune.cli.chat import load_chat
+from xtune.quiet import quiet_libraries
 
 TINY_LLAMA = Path(__file__).resolve().parents[1] / "src" / "xtune" / "assets" / "tiny-llama"
 PROMPT = "Tell me about the history of the printing press."
@@ -116,6 +117,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads, here and in the server")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    quiet_libraries()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or str(random_model(Path(tmp) / "model", layers=4))

@@ -61,4 +61,3 @@ def serve():
 @pytest.fixture(scope="session")
 def free_port():
     return _free_port
-

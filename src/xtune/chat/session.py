@@ -92,8 +92,9 @@ class ChatSession:
     ) -> Generation:
         """The model's reply to the history, appended to it. With tools, each reply that calls tools is answered
         with their results (an error result for a malformed call, which the model can correct) until a reply calls
-        none, one is cut short (finish_reason "length") or max_tool_rounds rounds have run; tools offered but not run (tool_schemas) end the turn at the first
-        reply that calls them, finish_reason "tool_calls". Token counts add up over the rounds."""
+        none, one is cut short (finish_reason "length") or max_tool_rounds rounds have run. Tools offered but not
+        run (tool_schemas) end the turn at the first reply that calls them, finish_reason "tool_calls". Token counts
+        add up over the rounds."""
         rounds = prompt_tokens = completion_tokens = 0
         while True:
             ids = self.prompt_ids(self.history)

@@ -4,6 +4,7 @@ page is): the model loads as `xtune chat` loads it, and the server answers throu
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import sys
 
@@ -25,7 +26,12 @@ def add_parser(sub: argparse._SubParsersAction, chat_parser: argparse.ArgumentPa
         p.add_argument("model", help="an adapter dir (its base found as chat finds it), a full/merged or LLaVA dir")
         for action in chat_parser._actions:
             if model_flags & set(action.option_strings):
-                p._add_action(action)
+                p._add_action(copy.copy(action))
+        p._option_string_actions["--tools"].help = (
+            "tools the server runs for requests that bring none of their own, comma-separated: calculate, solve, "
+            "search, or your own as my_tools.py:my_function; default: none (a directory's evaluation.tools are not run)"
+        )
+        p._option_string_actions["--max-new-tokens"].help = "the answer's length when a request names no max_tokens"
         p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine only)")
         p.add_argument("--port", type=int, default=8000)
         p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every API request")
