@@ -139,13 +139,14 @@ def error(response: httpx.Response) -> dict:
     return body
 
 
-def test_a_client_that_goes_away_frees_its_slot_and_bad_requests_get_openai_errors(tool_use_model, serve):
-    """One slot (--max-queue 1) and an API key. A long stream takes the slot: another request is refused with 429;
-    the stream's client goes away mid-answer, its generation stops, and the next request is served. Then a corpus of
-    malformed requests, each answered with its status and an error object naming the field; the server stays up."""
-    _, final, _, _ = tool_use_model
-    model = str(final)
-    with serve(model, "--max-queue", "1", "--api-key", "sesame", "--max-new-tokens", "8", api_key="sesame") as server:
+def test_a_client_that_goes_away_frees_its_slot_and_bad_requests_get_openai_errors(one_layer_model_dir, serve):
+    """One slot (--max-queue 1) and an API key, on a random-weight model (its answers run to max_tokens). A long
+    stream takes the slot: another request is refused with 429; the stream's client goes away mid-answer, its
+    generation stops, and the next request is served. Then a corpus of malformed requests, each answered with its
+    status and an error object naming the field; the server stays up."""
+    model = str(one_layer_model_dir)
+    flags = ("--template", "qwen_chat", "--max-queue", "1", "--api-key", "sesame", "--max-new-tokens", "8")
+    with serve(model, *flags, api_key="sesame") as server:
         key = {"Authorization": "Bearer sesame"}
         chat = f"{server.url}/v1/chat/completions"
         hello = {"model": model, "messages": [{"role": "user", "content": "Tom has 12 apples."}]}
