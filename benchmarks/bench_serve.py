@@ -1,10 +1,12 @@
 """What the server costs over `xtune chat`, and what several clients get: time to first token (TTFT) and tokens/s of
 one greedy answer through `xtune serve` (a separate process, streamed through the `openai` client) against the
 same answer from the chat session `xtune chat` runs (in this process), alternating; then the aggregate tokens/s of
-1, 4 and 8 concurrent streaming clients. Without --model, a random-weight tiny Llama (the built-in tokenizer,
-4 layers) that never stops early, so every answer is exactly --tokens long.
+1, 4 and 8 concurrent streaming clients. Without --model, a random-weight Llama with the built-in tokenizer (--size
+tiny: 4 layers of the tiny Llama; small: GPT-2 small's shape) that never stops early, so every answer is exactly
+--tokens long.
 
 python benchmarks/bench_serve.py                       # 5 pairs, 128 tokens
+python benchmarks/bench_serve.py --size small
 python benchmarks/bench_serve.py --model work_dirs/tiny_assistant_lora/final --pairs 9 --json
 """
 
@@ -35,9 +37,23 @@ TINY_LLAMA = Path(__file__).resolve().parents[1] / "src" / "xtune" / "assets" / 
 PROMPT = "Tell me about the history of the printing press."
 
 
-def random_model(directory: Path, layers: int) -> Path:
+SIZES = {  # random-weight Llamas with the built-in tokenizer
+    "tiny": {"num_hidden_layers": 4},  # the tiny Llama's own width: a few ms a token, the server's worst case
+    "small": {  # GPT-2 small's width and depth (~85M parameters without the embeddings)
+        "num_hidden_layers": 12,
+        "hidden_size": 768,
+        "intermediate_size": 2048,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 4,
+        "head_dim": 64,
+    },
+}
+
+
+def random_model(directory: Path, size: str) -> Path:
     config = AutoConfig.from_pretrained(TINY_LLAMA)
-    config.num_hidden_layers = layers
+    for key, value in SIZES[size].items():
+        setattr(config, key, value)
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(directory)
     AutoTokenizer.from_pretrained(TINY_LLAMA).save_pretrained(directory)
@@ -111,7 +127,8 @@ def concurrent(client: openai.OpenAI, model: str, tokens: int, clients: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="a model dir (default: a random 4-layer tiny Llama)")
+    parser.add_argument("--model", help="a model dir (default: a random-weight Llama of --size)")
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads, here and in the server")
@@ -120,7 +137,7 @@ def main() -> None:
     quiet_libraries()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or str(random_model(Path(tmp) / "model", layers=4))
+        model = args.model or str(random_model(Path(tmp) / "model", args.size))
         setup = load_chat(build_parser().parse_args(["chat", model, "--greedy", "--max-new-tokens", str(args.tokens)]))
         session = setup.session()
         process, url = start_server(model, args.threads)
@@ -138,6 +155,7 @@ def main() -> None:
             process.terminate()
             process.wait()
     result = {
+        "model": args.model or f"random {args.size}",
         "tokens": args.tokens,
         "pairs": args.pairs,
         "chat_ttft_ms": 1000 * statistics.median(c[0] for c in chat),
@@ -150,7 +168,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"one greedy answer of {args.tokens} tokens, median of {args.pairs} alternating pairs")
+    print(f"{result['model']}: one greedy answer of {args.tokens} tokens, median of {args.pairs} alternating pairs")
     for name, key in (("xtune chat session", "chat"), ("xtune serve stream", "server")):
         print(f"  {name}: TTFT {result[key + '_ttft_ms']:7.1f} ms, {result[key + '_tokens_per_s']:7.1f} tokens/s")
     print(f"  server / chat tokens/s: {result['server_over_chat_tokens_per_s']:.3f}")

@@ -267,10 +267,19 @@ async def _stream(job: Job, session: ChatSession, head: dict, offered: bool, inc
 
     try:
         yield chunk({"role": "assistant", "content": ""})
+        pending = None
         while True:
-            kind, value = await job.events.get()
+            kind, value = pending or await job.events.get()
+            pending = None
             if kind == "text":
-                yield chunk({"content": value})
+                text = [value]
+                while not job.events.empty():  # the text that came while the last chunk was sent: one chunk
+                    pending = job.events.get_nowait()
+                    if pending[0] != "text":
+                        break
+                    text.append(pending[1])
+                    pending = None
+                yield chunk({"content": "".join(text)})
                 continue
             if kind == "error":
                 yield _event(_failure(value).body())
