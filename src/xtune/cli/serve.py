@@ -53,6 +53,8 @@ def build_app(args: argparse.Namespace):
 
     args.greedy, args.temperature, args.top_p, args.trust_dir_tools = False, 1.0, 1.0, False  # requests choose these
     setup = load_chat(args, dir_tools=False)  # only the tools the operator names with --tools run here
+    if setup.tools is not None and is_llava(setup.model):
+        raise XtuneError("--tools is for text models; a LLaVA server answers about the images in its requests")
     config = causal_lm(setup.model).config
     config = getattr(config, "text_config", None) or config
     served = ServedModel(
