@@ -86,6 +86,12 @@ def test_tool_calls_round_trip(tool_server, tool_use_model):
     assert finish == "tool_calls" and list(calls) == [0]
     assert (calls[0].function.name, calls[0].function.arguments) == ("calculate", call.function.arguments)
 
+    unparsed = client.chat.completions.create(
+        model=str(final), messages=messages, tools=tools, tool_choice="none", temperature=0
+    )  # no calls: neither the request's tools nor the operator's are run, and the model's text stays text
+    assert unparsed.choices[0].message.tool_calls is None and unparsed.choices[0].finish_reason == "stop"
+    assert "<tool_call>" in unparsed.choices[0].message.content and "[tool]" not in unparsed.choices[0].message.content
+
     result = registry.call("calculate", arguments).text
     messages += [
         {"role": "assistant", "content": None, "tool_calls": [call.model_dump(exclude_none=True)]},

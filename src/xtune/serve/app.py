@@ -148,6 +148,8 @@ def open_session(served: ServedModel, body: ChatRequest, talk: Conversation) -> 
         session = served.new_session(settings, tool_schemas=offered)
     except XtuneError as e:
         raise RequestError(400, f"tools: {e}", "tools") from None
+    if body.tool_choice == "none":  # no calls at all: neither the request's tools nor the operator's
+        session.tools = session.offered = None
     if system is not None:
         session.system = system
     if images:
