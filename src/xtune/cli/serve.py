@@ -61,7 +61,6 @@ def build_app(args: argparse.Namespace):
         name=args.served_model_name or args.model,
         new_session=lambda settings, tool_schemas=None: setup.session(settings, tool_schemas=tool_schemas),
         settings=setup.settings,
-        tokenizer=setup.tokenizer,
         context_length=config.max_position_embeddings,
         takes_images=is_llava(setup.model),
     )

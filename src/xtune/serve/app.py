@@ -20,7 +20,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from PIL import Image
 from starlette.exceptions import HTTPException
-from transformers import PreTrainedTokenizerBase
 
 from xtune.chat.generate import Generation, GenerationSettings
 from xtune.chat.session import ChatSession, tool_line
@@ -36,7 +35,6 @@ class ServedModel:
     name: str  # the id clients pass as `model`
     new_session: Callable[..., ChatSession]  # (settings, tool_schemas=) -> a new conversation, as `xtune chat` opens
     settings: GenerationSettings  # the operator's defaults: max_new_tokens when a request names none, stop words
-    tokenizer: PreTrainedTokenizerBase
     context_length: int
     takes_images: bool
 
