@@ -218,6 +218,11 @@ CASES = [
         "xtune: error: model directory {tiny_llama} has no weights (model.safetensors, pytorch_model.bin, or their "
         f"shards and index): {MODEL_FIX}",
     ),
+    Case(
+        "serve-without-a-slot",
+        ["serve", "builtin:tiny-llama", "--max-queue", "0"],
+        "xtune: error: --max-queue 0: admit at least 1 request",
+    ),
     # 5. a work dir that is a file
     Case(
         "work-dir-is-a-file",

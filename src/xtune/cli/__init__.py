@@ -12,6 +12,7 @@ from pathlib import Path
 
 from xtune.cli import evaluate as evaluate_cli
 from xtune.cli import gguf as gguf_cli
+from xtune.cli.serve import add_parser as add_serve_parsers
 from xtune.cli.xtuner_v0 import (
     add_v0_chat_flags,
     add_v0_convert_commands,
@@ -367,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=cmd_chat)
+    add_serve_parsers(sub, chat_parser=p)  # serve and web take chat's model flags
 
     p = sub.add_parser(
         "eval-mmbench",
