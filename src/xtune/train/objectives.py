@@ -34,7 +34,7 @@ class SFT:
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         """What the loss sum is normalised by: this micro-batch's trained tokens."""
-        return count_trained_tokens(batch["labels"])
+        return count_trained_tokens(batch)
 
     def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return loss_sum(model, batch, self.head_loss)
