@@ -62,7 +62,10 @@ def attention_case(group, rank, size, inner, heads, kv_heads, packed):
     out, _ = attention(Attention(heads // kv_heads), *local, None, scaling=8**-0.5, position_ids=local_positions)
     out.backward(shard(grad_out, 1, rank, size))
     diffs = [(out.detach() - shard(expected, 1, rank, size)).abs().max()]
-    diffs += [(t.grad - shard(full.grad, 2, rank, size)).abs().max() for t, full in zip(local, (query, key, value))]
+    diffs += [
+        (t.grad - shard(full.grad, 2, rank, size)).abs().max()
+        for t, full in zip(local, (query, key, value), strict=True)
+    ]
     return max(float(d) for d in diffs)
 
 
@@ -87,7 +90,7 @@ def model_case(group, rank, size, inner):
     logits = model(input_ids=local_ids, position_ids=local_positions, use_cache=False).logits
     (logits * shard(weights, 1, rank, size)).sum().backward()
     diffs = [(logits.detach() - shard(expected, 1, rank, size)).abs().max()]
-    for p, full in zip(model.parameters(), full_grads):
+    for p, full in zip(model.parameters(), full_grads, strict=True):
         dist.all_reduce(p.grad, group=group)
         diffs.append((p.grad - full).abs().max() / full.abs().max())  # relative: summed gradients reach ~100
     return max(float(d) for d in diffs)

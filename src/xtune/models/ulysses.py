@@ -119,7 +119,8 @@ class UlyssesAttention:
         if self.inner_name.startswith("flash"):
             return whole, None
         if kind not in masks:
-            masks[kind] = whole_row_mask(whole.expand(query.shape[0], -1), eager=self.inner_name == "eager", dtype=query.dtype)
+            rows = whole.expand(query.shape[0], -1)
+            masks[kind] = whole_row_mask(rows, eager=self.inner_name == "eager", dtype=query.dtype)
         return whole, masks[kind]
 
 

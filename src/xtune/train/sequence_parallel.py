@@ -47,7 +47,8 @@ class SequenceParallel:
         if self.size == 1:
             return batch
         if unknown := set(batch) - {"input_ids", "labels", "position_ids"}:
-            raise ConfigError(f"training.sequence_parallel: batches with {', '.join(sorted(unknown))} are not supported")
+            names = ", ".join(sorted(unknown))
+            raise ConfigError(f"training.sequence_parallel: batches with {names} are not supported")
         input_ids, positions = batch["input_ids"], batch["position_ids"]
         targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
         pad = -input_ids.shape[1] % self.size
@@ -86,4 +87,5 @@ def sequence_parallel(cfg: Config, world: World, objective: Objective) -> Sequen
         raise ConfigError(f"{key}: not supported with training.compile; set compile: false")
     if (world.size, n) not in _GROUPS:
         _GROUPS[world.size, n] = [dist.new_group(list(range(g, g + n))) for g in range(0, world.size, n)]
-    return SequenceParallel(n, world.rank % n, world.rank // n, world.size // n, _GROUPS[world.size, n][world.rank // n])
+    group = _GROUPS[world.size, n][world.rank // n]
+    return SequenceParallel(n, world.rank % n, world.rank // n, world.size // n, group)
