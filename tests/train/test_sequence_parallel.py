@@ -1,0 +1,57 @@
+"""Sequence parallelism trains what one process trains: 2 ranks sharing every row (sequence_parallel 2) log the
+per-step losses of one process with the same global batch, for full and LoRA training, packed and padded rows,
+DDP and FSDP2, with and without gradient checkpointing (one torchrun for all cases); and what it cannot do is
+refused before anything is loaded."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xtune.config.presets import get_preset, merge
+from xtune.config.schema import validate_config
+from xtune.errors import ConfigError
+from xtune.train import recipe
+from xtune.train.distributed import World
+
+from .conftest import losses
+from .sequence_parallel_worker import CASES, case_config, train
+
+WORKER = Path(__file__).with_name("sequence_parallel_worker.py")
+
+
+@pytest.fixture(scope="module")
+def sp_runs(tmp_path_factory, cache_dir, xtune_env):
+    root = tmp_path_factory.mktemp("sp")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(WORKER)]
+    result = subprocess.run(
+        [*command, str(root), str(cache_dir)], capture_output=True, text=True, timeout=300, env=xtune_env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_sequence_parallel_reproduces_single_process_losses(sp_runs, name, tmp_path, cache_dir):
+    train(case_config(name, 1, cache_dir), tmp_path)
+    single, parallel = losses(tmp_path), losses(sp_runs / name)
+    assert len(parallel) == 5 and parallel == pytest.approx(single, abs=1e-4)
+    assert single[0] != pytest.approx(single[-1], abs=1e-3)  # it trained
+
+
+@pytest.mark.parametrize(
+    ("update", "size", "message"),
+    [
+        ({}, 3, "3 process(es) do not split into groups of 2"),
+        ({"engine": "deepspeed", "deepspeed": "zero2"}, 2, "not supported with the deepspeed engine"),
+        ({"compile": True}, 2, "not supported with training.compile"),
+    ],
+)
+def test_sequence_parallel_refuses_what_it_cannot_train(monkeypatch, tmp_path, update, size, message):
+    monkeypatch.setattr(recipe, "init_world", lambda: World(rank=0, size=size))
+    raw = merge(get_preset("tiny_assistant_lora"), {"training": {"sequence_parallel": 2, **update}})
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        recipe.FinetuneRecipe(validate_config(raw), tmp_path).setup()
+    assert not tmp_path.joinpath("train.log").exists()
