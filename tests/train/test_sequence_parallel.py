@@ -1,7 +1,7 @@
 """Sequence parallelism trains what one process trains: 2 ranks sharing every row (sequence_parallel 2) log the
 per-step losses of one process with the same global batch, for full and LoRA training, packed and padded rows,
-DDP and FSDP2, with and without gradient checkpointing (one torchrun for all cases); and what it cannot do is
-refused before anything is loaded."""
+DDP, FSDP2 and DeepSpeed ZeRO-3, with and without gradient checkpointing (one torchrun for all cases); what it
+cannot do is refused before anything is loaded."""
 
 import re
 import subprocess
@@ -13,6 +13,7 @@ import pytest
 from xtune.config.presets import get_preset, merge
 from xtune.config.schema import validate_config
 from xtune.errors import ConfigError
+from xtune.multimodal.train import task_for
 from xtune.train import recipe
 from xtune.train.distributed import World
 
@@ -45,7 +46,6 @@ def test_sequence_parallel_reproduces_single_process_losses(sp_runs, name, tmp_p
     ("update", "size", "message"),
     [
         ({}, 3, "3 process(es) do not split into groups of 2"),
-        ({"engine": "deepspeed", "deepspeed": "zero2"}, 2, "not supported with the deepspeed engine"),
         ({"compile": True}, 2, "not supported with training.compile"),
     ],
 )
@@ -55,3 +55,10 @@ def test_sequence_parallel_refuses_what_it_cannot_train(monkeypatch, tmp_path, u
     with pytest.raises(ConfigError, match=re.escape(message)):
         recipe.FinetuneRecipe(validate_config(raw), tmp_path).setup()
     assert not tmp_path.joinpath("train.log").exists()
+
+
+def test_sequence_parallel_refuses_llava(monkeypatch, tmp_path):
+    monkeypatch.setattr(recipe, "init_world", lambda: World(rank=0, size=2))
+    cfg = validate_config(merge(get_preset("tiny_llava_pretrain"), {"training": {"sequence_parallel": 2}}))
+    with pytest.raises(ConfigError, match=r"LLaVA \(model.vision\) is not supported with sequence parallelism"):
+        recipe.FinetuneRecipe(cfg, tmp_path, task=task_for(cfg)).setup()

@@ -79,8 +79,6 @@ def sequence_parallel(cfg: Config, world: World, objective: Objective) -> Sequen
         )
     if cfg.model.vision is not None:
         raise ConfigError(f"{key}: LLaVA (model.vision) is not supported with sequence parallelism; set it to 1")
-    if cfg.training.engine == "deepspeed":
-        raise ConfigError(f"{key}: not supported with the deepspeed engine; use ddp or fsdp (--fsdp)")
     if not isinstance(objective, SFT):  # preference objectives score whole samples, which shards cut apart
         raise ConfigError(f"{key}: only the sft objective is supported with sequence parallelism")
     if cfg.training.compile:
