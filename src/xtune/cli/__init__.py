@@ -113,6 +113,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise XtuneError("--fsdp and --deepspeed choose different engines; pass one of them")
     # The flag's own mistakes, named as the flag: as a config override, they would be blamed on the config file.
     choice = _deepspeed_flag(args.deepspeed) if args.deepspeed else None
+    if args.sequence_parallel is not None and args.sequence_parallel < 1:
+        n = args.sequence_parallel
+        raise XtuneError(f"--sequence-parallel {n}: N is how many processes share each sequence, 1 or more")
     if (args.nproc_per_node > 1 or args.nnodes > 1) and "WORLD_SIZE" not in os.environ:
         _relaunch_under_torchrun(args)
     overrides = [*(args.set or []), *(["training.engine=fsdp"] if args.fsdp else [])]
