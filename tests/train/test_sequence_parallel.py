@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from xtune.config import resolve_config
 from xtune.config.presets import get_preset, merge
 from xtune.config.schema import validate_config
 from xtune.errors import ConfigError
@@ -62,3 +63,12 @@ def test_sequence_parallel_refuses_llava(monkeypatch, tmp_path):
     cfg = validate_config(merge(get_preset("tiny_llava_pretrain"), {"training": {"sequence_parallel": 2}}))
     with pytest.raises(ConfigError, match=r"LLaVA \(model.vision\) is not supported with sequence parallelism"):
         recipe.FinetuneRecipe(cfg, tmp_path, task=task_for(cfg)).setup()
+
+
+def test_sp_name_option_is_the_preset_with_sequences_split():
+    cfg, name = resolve_config("tiny_assistant_full_sp4")
+    base, _ = resolve_config("tiny_assistant_full")
+    assert name == "tiny_assistant_full_sp4" and cfg.training.sequence_parallel == 4
+    assert cfg.model_dump() == merge(base.model_dump(), {"training": {"sequence_parallel": 4}})
+    with pytest.raises(ConfigError, match="neither a config file nor a preset name"):
+        resolve_config("tiny_assistant_full_sp3")

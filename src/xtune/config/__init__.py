@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from xtune.config.presets import PRESETS, get_preset, list_presets
+from xtune.config.presets import PRESETS, get_preset, is_preset, list_presets
 from xtune.config.schema import (
     CONFIG_FILE,
     Config,
@@ -24,7 +24,7 @@ def resolve_config(name_or_path: str, overrides: list[str] = ()) -> tuple[Config
     path = Path(name_or_path)
     if path.suffix in {".yaml", ".yml"} or path.exists():
         return load_config(path, overrides), path.stem
-    if name_or_path in PRESETS:
+    if is_preset(name_or_path):
         raw = get_preset(name_or_path)
         for override in overrides:
             apply_override(raw, override)

@@ -215,5 +215,20 @@ def list_presets(pattern: str | None = None) -> list[str]:
     return names
 
 
+# XTuner's long-context name option: NAME_sp2 / NAME_sp4 is preset NAME with each sequence split over 2 / 4 processes
+# (training.sequence_parallel; run with a multiple of N processes).
+SEQUENCE_PARALLEL_OPTIONS: dict[str, dict[str, Any]] = {
+    f"sp{n}": {"training": {"sequence_parallel": n}} for n in (2, 4, 8)
+}
+
+
+def is_preset(name: str) -> bool:
+    base, _, option = name.rpartition("_")
+    return name in PRESETS or (option in SEQUENCE_PARALLEL_OPTIONS and base in PRESETS)
+
+
 def get_preset(name: str) -> dict[str, Any]:
+    base, _, option = name.rpartition("_")
+    if name not in PRESETS and option in SEQUENCE_PARALLEL_OPTIONS:
+        return merge(PRESETS[base], SEQUENCE_PARALLEL_OPTIONS[option])
     return copy.deepcopy(PRESETS[name])
