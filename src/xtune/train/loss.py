@@ -30,8 +30,13 @@ def next_token_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
 
 
-def count_trained_tokens(batch: dict[str, torch.Tensor]) -> int:
+def count_targets(batch: dict[str, torch.Tensor]) -> int:
+    """The positions a batch trains (what its loss sum is normalised by), sequence-parallel shards included."""
     return int((next_token_targets(batch) != IGNORE_INDEX).sum())
+
+
+def count_trained_tokens(labels: torch.Tensor) -> int:
+    return count_targets({"labels": labels})
 
 
 def hidden_states(lm: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
