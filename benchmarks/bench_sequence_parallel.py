@@ -51,7 +51,7 @@ def worker(tokens: int, steps: int, out: Path) -> None:
     model = LlamaForCausalLM(config).train()
     cfg = validate_config(merge(get_preset("tiny_assistant_full"), {"training": {"sequence_parallel": world.size}}))
     sp = sequence_parallel(cfg, world, SFT())
-    sp.attach(model)
+    sp.attach(model, tokens)
     ids = torch.randint(0, VOCAB, (1, tokens), generator=torch.Generator().manual_seed(0))
     batch = sp.shard({"input_ids": ids, "labels": ids, "position_ids": torch.arange(tokens)[None]})
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from transformers import MistralConfig, MistralForCausalLM
 
 from xtune.config import resolve_config
 from xtune.config.presets import get_preset, merge
@@ -17,6 +18,7 @@ from xtune.errors import ConfigError
 from xtune.multimodal.train import task_for
 from xtune.train import recipe
 from xtune.train.distributed import World
+from xtune.train.sequence_parallel import SequenceParallel
 
 from .conftest import losses
 from .sequence_parallel_worker import CASES, case_config, train
@@ -72,3 +74,11 @@ def test_sp_name_option_is_the_preset_with_sequences_split():
     assert cfg.model_dump() == merge(base.model_dump(), {"training": {"sequence_parallel": 4}})
     with pytest.raises(ConfigError, match="neither a config file nor a preset name"):
         resolve_config("tiny_assistant_full_sp3")
+
+
+def test_sequence_parallel_refuses_a_sliding_window_shorter_than_the_rows():
+    config = MistralConfig(hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    config.num_key_value_heads, config.sliding_window = 2, 512
+    model = MistralForCausalLM(config)
+    with pytest.raises(ConfigError, match="mistral attends within a sliding window of 512 tokens"):
+        SequenceParallel(size=2).attach(model, max_length=1024)

@@ -121,7 +121,7 @@ class FinetuneRecipe:
         compute_dtype = cpu.autocast_dtype(t.mixed_precision, self.device)  # QLoRA's 4-bit layers compute in it
         self.model = self.task.model(self.tokenizer, self.device, compute_dtype)
         self.collate = self.task.collator(self.tokenizer, self.model)
-        self.sequence_parallel.attach(self.model)
+        self.sequence_parallel.attach(self.model, self.cfg.data.max_length)
         point_adapters_at_base(self.model, self.work_dir)
         self.model.train()
         self.n_params = (  # counted before an engine partitions them

@@ -59,10 +59,20 @@ class SequenceParallel:
         whole = {"input_ids": input_ids, "position_ids": positions, "shift_labels": targets}
         return {name: t.chunk(self.size, dim=1)[self.rank].contiguous() for name, t in whole.items()}
 
-    def attach(self, model: torch.nn.Module) -> None:
-        """Make the model's decoder attend across the group."""
-        if self.size > 1:
-            use_ulysses_attention(causal_lm(model).get_decoder().config, self.group)
+    def attach(self, model: torch.nn.Module, max_length: int) -> None:
+        """Make the model's decoder attend across the group (rows of up to `max_length` tokens)."""
+        if self.size == 1:
+            return
+        config = causal_lm(model).get_decoder().config
+        window, layer_types = getattr(config, "sliding_window", None), getattr(config, "layer_types", None)
+        sliding = "sliding_attention" in layer_types if layer_types else getattr(config, "use_sliding_window", True)
+        if window and sliding and window < max_length:  # the whole-row mask is causal over the whole row
+            raise ConfigError(
+                f"training.sequence_parallel {self.size}: {config.model_type} attends within a sliding window of "
+                f"{window} tokens, which sequence parallelism does not keep; set data.max_length <= {window} or "
+                "sequence_parallel: 1"
+            )
+        use_ulysses_attention(config, self.group)
 
 
 def sequence_parallel(cfg: Config, world: World, objective: Objective) -> SequenceParallel:
