@@ -6,14 +6,18 @@ cannot do is refused before anything is loaded."""
 import re
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 from transformers import MistralConfig, MistralForCausalLM
 
 from xtune.config import resolve_config
 from xtune.config.presets import get_preset, merge
 from xtune.config.schema import validate_config
+from xtune.data.packing import Row, collate
 from xtune.errors import ConfigError
 from xtune.multimodal.train import task_for
 from xtune.train import recipe
@@ -82,3 +86,39 @@ def test_sequence_parallel_refuses_a_sliding_window_shorter_than_the_rows():
     model = MistralForCausalLM(config)
     with pytest.raises(ConfigError, match="mistral attends within a sliding window of 512 tokens"):
         SequenceParallel(size=2).attach(model, max_length=1024)
+
+
+def stub_recipe(sp: SequenceParallel, rows: list[Row]) -> recipe.FinetuneRecipe:
+    """A recipe with what micro_batches reads, and no model."""
+    stub = recipe.FinetuneRecipe.__new__(recipe.FinetuneRecipe)
+    stub.cfg = validate_config(merge(get_preset("tiny_assistant_full"), {"training": {"batch_size": 2}}))
+    stub.data, stub.collate = SimpleNamespace(rows=rows), partial(collate, pad_token_id=0)
+    stub.batches_per_epoch, stub.sequence_parallel = len(rows) // 2, sp
+    return stub
+
+
+def test_the_ranks_of_a_group_share_each_micro_batch_and_resume_where_they_stopped():
+    # 4 ranks in 2 groups of 2: group g reads what data rank g of 2 reads without sequence parallelism, each rank
+    # its half of each row, targets shifted before the cut; a resumed stream goes on with the same batches.
+    lengths = [5, 8, 3, 7, 6, 9, 4, 5]
+    rows = [Row(list(range(10, 10 + n)), [-100, *range(11, 10 + n)], list(range(n))) for n in lengths]
+    for data_rank in range(2):
+        plain = stub_recipe(SequenceParallel(data_rank=data_rank, data_size=2), rows).micro_batches(0)
+        groups = [stub_recipe(SequenceParallel(2, r, data_rank, 2), rows).micro_batches(0) for r in range(2)]
+        resumed = [stub_recipe(SequenceParallel(2, r, data_rank, 2), rows).micro_batches(4) for r in range(2)]
+        for index in range(6):  # past the end of the first epoch (4 batches, 2 per data rank)
+            whole, real = next(plain)
+            halves = [next(g) for g in groups]
+            if index >= 2:
+                assert all(
+                    torch.equal(next(r)[0]["input_ids"], h[0]["input_ids"])
+                    for r, h in zip(resumed, halves, strict=True)
+                )
+            assert sum(n for _, n in halves) == real
+            joined = {k: torch.cat([h[0][k] for h in halves], dim=1) for k in halves[0][0]}
+            width = whole["input_ids"].shape[1]
+            assert joined["input_ids"].shape[1] in (width, width + 1)  # padded to a multiple of 2
+            assert torch.equal(joined["input_ids"][:, :width], whole["input_ids"])
+            assert torch.equal(joined["shift_labels"][:, : width - 1], whole["labels"][:, 1:])
+            assert (joined["shift_labels"][:, width - 1 :] == -100).all()
+            assert torch.equal(joined["position_ids"][:, :width], whole["position_ids"])

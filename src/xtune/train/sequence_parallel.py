@@ -24,6 +24,7 @@ from xtune.errors import ConfigError
 from xtune.models.load import causal_lm
 from xtune.models.ulysses import use_ulysses_attention
 from xtune.train.distributed import World
+from xtune.train.metrics import logger
 from xtune.train.objectives import SFT, Objective
 
 _GROUPS: dict[tuple[int, int], list[dist.ProcessGroup]] = {}  # new_group is collective: once per process and size
@@ -73,6 +74,10 @@ class SequenceParallel:
                 "sequence_parallel: 1"
             )
         use_ulysses_attention(config, self.group)
+        logger.info(
+            f"sequence parallel: {self.data_size} group(s) of {self.size} ranks; each rank holds 1/{self.size} of "
+            f"every row's tokens, attention exchanges heads ({config._attn_implementation})"
+        )
 
 
 def sequence_parallel(cfg: Config, world: World, objective: Objective) -> SequenceParallel:
