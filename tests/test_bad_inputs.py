@@ -218,6 +218,11 @@ CASES = [
         "xtune: error: model directory {tiny_llama} has no weights (model.safetensors, pytorch_model.bin, or their "
         f"shards and index): {MODEL_FIX}",
     ),
+    Case(
+        "serve-without-a-slot",
+        ["serve", "builtin:tiny-llama", "--max-queue", "0"],
+        "xtune: error: --max-queue 0: admit at least 1 request",
+    ),
     # 5. a work dir that is a file
     Case(
         "work-dir-is-a-file",
@@ -325,7 +330,35 @@ CASES = [
         ],
         "xtune: error: model.vision.projector_path: {inputs}/nope does not exist; point it at stage 1's output (final)",
     ),
-    # 9. causes that used to escape as tracebacks
+    # 9. XTuner v0's configs and names
+    Case(
+        "v0-config-not-python",
+        ["train", "{inputs}/v0.py", "--work-dir", "{work}"],
+        "xtune: error: {inputs}/v0.py:2: not valid Python: '(' was never closed",
+        {"v0.py": b"lr = 2e-4\nmodel = dict(\n"},
+    ),
+    Case(
+        "v0-config-without-model",
+        ["check-custom-dataset", "{inputs}/v0.py"],
+        "xtune: error: {inputs}/v0.py: cannot convert this XTuner v0 config: model: no model = dict(...) found; "
+        "train_dataloader: no train_dataloader = dict(...) found",
+        {"v0.py": b"lr = 2e-4\n"},
+    ),
+    Case(
+        "v0-convert-not-python",
+        ["convert", "xtuner-config", "{inputs}/c.yaml", "{inputs}/out.yaml"],
+        "xtune: error: convert xtuner-config {inputs}/c.yaml: name an XTuner v0 config file (.py)",
+        {"c.yaml": b"model: {path: x}\n"},
+    ),
+    Case(
+        "v0-family-missing",
+        ["train", "chatglm2_6b_qlora_alpaca_e3", "--work-dir", "{work}"],
+        "xtune: error: 'chatglm2_6b_qlora_alpaca_e3' is neither a config file nor a preset name. XTuner v0's "
+        "chatglm2_6b family has no xtune preset: ChatGLM2's '[Round N]' prompt format is not an xtune template yet "
+        "(ChatGLM3 is: chatglm3_6b). Did you mean: chatglm3_6b_qlora_alpaca_e3, chatglm3_6b_lora_alpaca_e3, "
+        "chatglm3_6b_qlora_alpaca_zh_e3?",
+    ),
+    # 10. causes that used to escape as tracebacks
     Case(
         "log-dataset-count-0",
         ["log-dataset", PRESET, "--count", "0"],

@@ -72,12 +72,12 @@ def test_sequence_parallel_refuses_llava(monkeypatch, tmp_path):
 
 
 def test_sp_name_option_is_the_preset_with_sequences_split():
-    cfg, name = resolve_config("tiny_assistant_full_sp4")
-    base, _ = resolve_config("tiny_assistant_full")
-    assert name == "tiny_assistant_full_sp4" and cfg.training.sequence_parallel == 4
-    assert cfg.model_dump() == merge(base.model_dump(), {"training": {"sequence_parallel": 4}})
+    for base in ("tiny_assistant_full", "internlm2_chat_7b_qlora_alpaca_e1_gpu8"):  # a listed name, a v0 name
+        cfg, name = resolve_config(f"{base}_sp4")
+        assert name == f"{base}_sp4" and cfg.training.sequence_parallel == 4
+        assert cfg.model_dump() == merge(resolve_config(base)[0].model_dump(), {"training": {"sequence_parallel": 4}})
     with pytest.raises(ConfigError, match="neither a config file nor a preset name"):
-        resolve_config("tiny_assistant_full_sp3")
+        resolve_config("tiny_assistant_nothing_sp2")
 
 
 def test_sequence_parallel_refuses_a_sliding_window_shorter_than_the_rows():

@@ -10,7 +10,15 @@ import sys
 import traceback
 from pathlib import Path
 
-from xtune.cli.xtuner_v0 import check_v0_spelling, v0_aliases
+from xtune.cli.serve import add_parser as add_serve_parsers
+from xtune.cli.xtuner_v0 import (
+    add_v0_chat_flags,
+    add_v0_convert_commands,
+    apply_v0_chat_flags,
+    check_v0_spelling,
+    report_v0_conversion,
+    v0_aliases,
+)
 from xtune.errors import XtuneError
 from xtune.io import write_text_atomically
 
@@ -20,7 +28,10 @@ def cmd_list_cfg(args: argparse.Namespace) -> None:
 
     names = list_presets(args.pattern)
     if not names:
-        raise XtuneError(f"no preset matches {args.pattern!r}; `xtune list-cfg` lists all")
+        from xtune.config.presets import missing_reason
+
+        why = missing_reason(args.pattern or "")
+        raise XtuneError(f"no preset matches {args.pattern!r}{f': {why}' if why else ''}; `xtune list-cfg` lists all")
     print("\n".join(names))
 
 
@@ -124,6 +135,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     if choice:
         # JSON quoting: the override value is parsed as YAML, and a path may hold ':' or '#'
         overrides += ["training.engine=deepspeed", f"training.deepspeed={json.dumps(choice)}"]
+    if args.config.endswith(".py"):
+        from xtune.config.xtuner_v0 import convert_v0_config
+
+        report_v0_conversion(convert_v0_config(args.config), "training from")
     cfg, name = resolve_config(args.config, overrides)
     if cfg.training.engine == "deepspeed" and not choice:
         from xtune.train.deepspeed_engine import check_installed
@@ -189,6 +204,7 @@ def _relaunch_under_torchrun(args: argparse.Namespace) -> None:
 def cmd_chat(args: argparse.Namespace) -> None:
     from xtune.cli.chat import run_chat
 
+    apply_v0_chat_flags(args)
     run_chat(args)
 
 
@@ -315,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="chat template name; default: the one the model was trained with",
     )
     p.add_argument("--system", help="system prompt")
+    add_v0_chat_flags(p)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.9)
@@ -360,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=cmd_chat)
+    add_serve_parsers(sub, chat_parser=p)  # serve and web take chat's model flags
 
     p = sub.add_parser(
         "eval-mmbench",
@@ -396,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("out")
     c.add_argument("--trust-remote-code", action="store_true")
     c.set_defaults(func=cmd_convert_checkpoint)
+    add_v0_convert_commands(convert)
 
     # before or after the command: `xtune --debug train ...` and `xtune train ... --debug`
     global_flags = {

@@ -263,12 +263,7 @@ def parse_yaml(text: str):
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     """Read a YAML config, apply `key.sub=value` overrides, and validate it."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: byte offset {e.start} is not UTF-8; save the config as UTF-8 text") from None
+    text = read_config_text(path)
     try:
         raw = parse_yaml(text) or {}
     except yaml.YAMLError as e:
@@ -280,6 +275,15 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     for override in overrides:
         apply_override(raw, override)
     return validate_config(raw, source=str(path), yaml_text=text)
+
+
+def read_config_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: byte offset {e.start} is not UTF-8; save the config as UTF-8 text") from None
 
 
 def apply_override(raw: dict, override: str) -> None:
