@@ -24,6 +24,7 @@ from xtune.errors import ConfigError
 from xtune.models.load import causal_lm
 from xtune.models.ulysses import use_ulysses_attention
 from xtune.train.distributed import World
+from xtune.train.loss import next_token_targets
 from xtune.train.metrics import logger
 from xtune.train.objectives import SFT, Objective
 
@@ -51,7 +52,7 @@ class SequenceParallel:
             names = ", ".join(sorted(unknown))
             raise ConfigError(f"training.sequence_parallel: batches with {names} are not supported")
         input_ids, positions = batch["input_ids"], batch["position_ids"]
-        targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
+        targets = next_token_targets(batch)
         pad = -input_ids.shape[1] % self.size
         if pad:
             input_ids = F.pad(input_ids, (0, pad), value=0)
