@@ -81,6 +81,32 @@ def one_layer_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def save_trained_adapter():
+    """save(base, base_dir, adapter_dir, template, config_yaml): a rank-4 LoRA adapter on every linear layer of `base`
+    (a model saved in base_dir with its tokenizer) with random non-zero B, so that merging it changes the weights,
+    saved the way training saves final/: the tokenizer with the chat template, and xtune_config.yaml."""
+    from peft import LoraConfig, get_peft_model
+
+    from xtune.templates import get_template
+
+    def save(base, base_dir: Path, adapter_dir: Path, template: str, config_yaml: str) -> None:
+        lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+        model = get_peft_model(base, lora)
+        model.peft_config["default"].base_model_name_or_path = str(base_dir)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.05)
+        model.save_pretrained(adapter_dir)
+        tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        tokenizer.chat_template = get_template(template).to_jinja()
+        tokenizer.save_pretrained(adapter_dir)
+        (adapter_dir / "xtune_config.yaml").write_text(config_yaml)
+
+    return save
+
+
+@pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("xtune_cache")
 

@@ -358,7 +358,31 @@ CASES = [
         "(ChatGLM3 is: chatglm3_6b). Did you mean: chatglm3_6b_qlora_alpaca_e3, chatglm3_6b_lora_alpaca_e3, "
         "chatglm3_6b_qlora_alpaca_zh_e3?",
     ),
-    # 10. causes that used to escape as tracebacks
+    # 10. GGUF export and lm-eval that cannot be done: refused before any model loads
+    Case(
+        "gguf-unknown-type",
+        ["convert", "gguf", "{tiny_llama}", "{inputs}/m.gguf", "--type", "q4_k_m"],
+        "xtune: error: --type q4_k_m: choose one of f32, f16, bf16, q8_0",
+    ),
+    Case(
+        "gguf-out-not-a-gguf-file",
+        ["convert", "gguf", "{tiny_llama}", "{inputs}/out"],
+        "xtune: error: convert gguf OUT {inputs}/out: name a .gguf file, e.g. {inputs}/out.gguf",
+    ),
+    Case(
+        "gguf-unsupported-architecture",
+        ["convert", "gguf", "{inputs}/phi", "{inputs}/m.gguf"],
+        "xtune: error: {inputs}/phi: GGUF export does not support the 'phi3' architecture; it supports llama, "
+        "mistral, qwen2, qwen3, gemma, internlm2. Merge it (`xtune convert merge`) and use llama.cpp's own "
+        "convert_hf_to_gguf.py",
+        {"phi/config.json": b'{"model_type": "phi3"}'},
+    ),
+    Case(
+        "eval-missing-task-file",
+        ["eval", "{tiny_llama}", "--tasks", "xtune_tiny,{inputs}/mmlu.yaml"],
+        "xtune: error: --tasks {inputs}/mmlu.yaml: no such task file {inputs}/mmlu.yaml",
+    ),
+    # 11. causes that used to escape as tracebacks
     Case(
         "log-dataset-count-0",
         ["log-dataset", PRESET, "--count", "0"],

@@ -10,6 +10,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from xtune.cli import evaluate as evaluate_cli
+from xtune.cli import gguf as gguf_cli
 from xtune.cli.serve import add_parser as add_serve_parsers
 from xtune.cli.xtuner_v0 import (
     add_v0_chat_flags,
@@ -390,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write each question's reply and choice here (JSON lines)")
     p.set_defaults(func=cmd_eval_mmbench)
 
+    evaluate_cli.add_parser(sub)
+
     p = sub.add_parser("convert", help="convert or merge models")
     convert = p.add_subparsers(dest="convert_command", required=True)
     m = convert.add_parser("merge", help="merge a LoRA adapter into its base model")
@@ -415,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--trust-remote-code", action="store_true")
     c.set_defaults(func=cmd_convert_checkpoint)
     add_v0_convert_commands(convert)
+    gguf_cli.add_parser(convert)
 
     # before or after the command: `xtune --debug train ...` and `xtune train ... --debug`
     global_flags = {
@@ -458,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
         from xtune.quiet import quiet_libraries
 
         quiet_libraries()
-    if args.command in ("train", "chat", "convert"):  # the commands that load and save models
+    if args.command in ("train", "chat", "convert", "eval"):  # the commands that load and save models
         _prefer_deepspeed_cpu_accelerator()
     try:
         args.func(args)

@@ -182,6 +182,23 @@ class SavingSettings(_Section):
     save_total_limit: int = Field(2, gt=0, description="Keep this many newest checkpoints.")
 
 
+class LmEvalSettings(_Section):
+    tasks: list[str] = Field(
+        min_length=1, description="lm-eval task YAML files, xtune's shipped tasks (xtune_tiny), or cached task names."
+    )
+    limit: int | None = Field(None, gt=0, description="Score only the first N examples of each task.")
+    chat_template: bool = Field(False, description="Send each prompt as a chat message in the training template.")
+    batch_size: int = Field(8, gt=0, description="Requests per forward.")
+
+    @model_validator(mode="after")
+    def _installed(self) -> LmEvalSettings:
+        import importlib.util
+
+        if importlib.util.find_spec("lm_eval") is None:
+            raise ValueError("evaluation.lm_eval needs lm-evaluation-harness: pip install 'xtune[eval]'")
+        return self
+
+
 class EvaluationSettings(_Section):
     inputs: list[str] = Field([], description="Prompts answered during training (eval_outputs_step_N.txt).")
     freq: int = Field(500, gt=0, description="Answer the inputs every N steps.")
@@ -195,6 +212,10 @@ class EvaluationSettings(_Section):
     solve_time_limit: float = Field(2.0, gt=0, description="Seconds one solve call may take, fallbacks included.")
     # the list costs hundreds of tokens per sample; a model fine-tuned on a fixed tool set can do without it
     list_tools: bool = Field(True, description="List the tools in the prompt; false for a model trained without it.")
+    lm_eval: LmEvalSettings | None = Field(
+        None,
+        description="Benchmarks (lm-evaluation-harness) run on the model every freq steps; scores in lm_eval.jsonl.",
+    )
 
 
 CONFIG_FILE = "xtune_config.yaml"  # the resolved config, in a work dir and in each output that training writes

@@ -24,6 +24,7 @@ from xtune.chat.tools import build_registry
 from xtune.config.schema import CONFIG_FILE, Config
 from xtune.data import build_training_data
 from xtune.data.packing import epoch_batches, group_lengths
+from xtune.evaluate import log_lm_eval
 from xtune.io import write_atomically
 from xtune.models.attention import use_causal_chunked_attention
 from xtune.models.load import causal_lm, default_device
@@ -266,6 +267,8 @@ class FinetuneRecipe:
 
     def evaluate(self) -> None:
         ev = self.cfg.evaluation
+        if ev.lm_eval is not None and self.world.is_main and not self.engine.shards_weights:
+            log_lm_eval(self.model, self.tokenizer, self.template, ev.lm_eval, self.step, self.work_dir)
         if not ev.inputs or not self.world.is_main:
             return
         if self.engine.shards_weights:  # rank 0 alone cannot gather sharded weights for generation
