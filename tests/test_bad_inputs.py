@@ -388,6 +388,18 @@ CASES = [
         ["log-dataset", PRESET, "--count", "0"],
         "xtune: error: --count 0: show at least 1 sample",
     ),
+    # 10. sequence parallelism the processes cannot hold
+    Case(
+        "sequence-parallel-without-processes",
+        ["train", PRESET, "--work-dir", "{work}", "--sequence-parallel", "2"],
+        "xtune: error: training.sequence_parallel 2: 1 process(es) do not split into groups of 2; run a multiple of 2 "
+        "processes (--nproc-per-node) or set a sequence_parallel that divides 1",
+    ),
+    Case(
+        "sequence-parallel-0",
+        ["train", PRESET, "--work-dir", "{work}", "--sequence-parallel", "0"],
+        "xtune: error: --sequence-parallel 0: N is how many processes share each sequence, 1 or more",
+    ),
 ]
 assert len({case.id for case in CASES}) == len(CASES), "case ids must be unique"
 

@@ -203,7 +203,6 @@ def test_cli_list_cfg_lists_the_course_presets(capsys):
         ("internlm_20b_qlora_moss_sft_all_e1", "XTuner v0's moss_sft dataset has no xtune preset: MOSS-003-SFT"),
         ("internlm2_chat_7b_dpo", "XTuner v0's dpo dataset has no xtune preset: preference training: arriving"),
         ("llama2_70b_int8_lora_open_platypus_e1", "XTuner v0's int8 method has no xtune preset: 8-bit LoRA"),
-        ("llama3_70b_qlora_alpaca_e3_z3_8k_sp1", "sequence parallelism (v0's _spN) is not in xtune"),
     ],
 )
 def test_cli_list_cfg_says_which_v0_family_or_dataset_is_missing(capsys, pattern, reason):

@@ -423,3 +423,15 @@ def test_a_family_that_runs_its_own_code_keeps_trust_remote_code(tmp_path):
     conversion = convert_v0_config(config)
     assert conversion.config.model.trust_remote_code and conversion.config.data.template == "chatglm3"
     assert conversion.config.model.lora.target_modules == ["query_key_value"]  # only InternLM2's names change
+
+
+def test_sequence_parallel_size_and_its_sampler_become_training_sequence_parallel(tmp_path):
+    extra = (
+        "from xtuner.parallel.sequence import SequenceParallelSampler\n"
+        "sequence_parallel_size = 4\n"
+        "train_dataloader = dict(batch_size=batch_size, dataset=train_dataset,\n"
+        "    sampler=dict(type=SequenceParallelSampler, seed=1024))\n"
+    )
+    conversion = convert_v0_config(v0_config(tmp_path, extra=extra))
+    assert conversion.config.training.sequence_parallel == 4
+    assert conversion.unmapped == []

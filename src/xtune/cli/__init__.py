@@ -126,9 +126,14 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise XtuneError("--fsdp and --deepspeed choose different engines; pass one of them")
     # The flag's own mistakes, named as the flag: as a config override, they would be blamed on the config file.
     choice = _deepspeed_flag(args.deepspeed) if args.deepspeed else None
+    if args.sequence_parallel is not None and args.sequence_parallel < 1:
+        n = args.sequence_parallel
+        raise XtuneError(f"--sequence-parallel {n}: N is how many processes share each sequence, 1 or more")
     if (args.nproc_per_node > 1 or args.nnodes > 1) and "WORLD_SIZE" not in os.environ:
         _relaunch_under_torchrun(args)
     overrides = [*(args.set or []), *(["training.engine=fsdp"] if args.fsdp else [])]
+    if args.sequence_parallel is not None:
+        overrides.append(f"training.sequence_parallel={args.sequence_parallel}")
     if choice:
         # JSON quoting: the override value is parsed as YAML, and a path may hold ':' or '#'
         overrides += ["training.engine=deepspeed", f"training.deepspeed={json.dumps(choice)}"]
@@ -290,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--master-addr", default="127.0.0.1")
     p.add_argument("--master-port", type=int, default=29500)
     p.add_argument("--fsdp", action="store_true", help="shard the model with FSDP2 (default engine: DDP)")
+    p.add_argument(
+        "--sequence-parallel",
+        type=int,
+        metavar="N",
+        help="split each sequence over N processes (training.sequence_parallel; Ulysses attention)",
+    )
     p.add_argument(
         "--deepspeed",
         metavar="CONFIG",

@@ -442,18 +442,28 @@ def _listed() -> dict[str, tuple[dict, ...]]:
     return recipes
 
 
+def _sequence_parallel_option(name: str) -> tuple[str, list[dict]]:
+    """XTuner's long-context name option, on any preset: `NAME_sp4` is NAME with each sequence split over 4 processes
+    (training.sequence_parallel). The name without it, and its part."""
+    match = re.fullmatch(r"(.+)_sp([1-9]\d*)", name)
+    if match is None:
+        return name, []
+    return match[1], [{"training": {"sequence_parallel": int(match[2])}}]
+
+
 class _Presets(Mapping[str, dict[str, Any]]):
     """Every preset by name, composed from its parts when asked for. Iterating gives the listed names; a v0 name with
-    other options (`..._alpaca_e1_gpu8_varlenattn`) is found too."""
+    other options (`..._alpaca_e1_gpu8_varlenattn`) is found too, and any of them with `_spN` after it."""
 
     def __init__(self) -> None:
         self._recipes = _listed()
 
     def __getitem__(self, name: str) -> dict[str, Any]:
-        parts = self._recipes.get(name) or _v0_parts(name)
+        base, sequence_parallel = _sequence_parallel_option(name)
+        parts = self._recipes.get(base) or _v0_parts(base)
         if parts is None:
             raise KeyError(name)
-        return merge(*parts)
+        return merge(*parts, *sequence_parallel)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._recipes)
@@ -496,8 +506,6 @@ def missing_reason(pattern: str) -> str | None:
     if dataset is None:
         return f"no dataset {rest.split('_e')[0]!r}; datasets: {', '.join(DATASETS)}"
     options = rest[len(dataset) :]
-    if re.search(r"_sp\d+(_|$)", options):
-        return "sequence parallelism (v0's _spN) is not in xtune; shard long sequences' memory with --fsdp instead"
     return (
         f"options {options!r} are not v0's: [_512]_e<N>[_gpu8][_varlenattn][_8k][_z3], e.g. "
         f"{family}_{method}_{dataset}_512_e3_gpu8"

@@ -147,6 +147,9 @@ class TrainingSettings(_Section):
     deepspeed: str | None = Field(
         None, description=f"With engine deepspeed: {', '.join(DEEPSPEED_PRESETS)}, or a DeepSpeed JSON file."
     )
+    sequence_parallel: int = Field(
+        1, ge=1, description="Ranks sharing each sequence (Ulysses): each holds 1/N of its tokens; N divides the ranks."
+    )
     log_every: int = Field(10, gt=0, description="Log loss and speed every N steps.")
     compile: bool = Field(
         False, description="torch.compile the decoder layers and the loss: faster steps after a one-time compile."

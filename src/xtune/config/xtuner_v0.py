@@ -357,8 +357,9 @@ class _Mapper:
             sampler.take("length_property")
             sampler.take("per_device_batch_size")
             self.set("data", "group_by_length", True)
-        elif self.is_type(sampler, "DefaultSampler"):
+        elif self.is_type(sampler, "DefaultSampler", "SequenceParallelSampler"):  # the second: v0's SP configs
             sampler.take("type")
+            sampler.take("seed")  # randomness.seed is the seed
             if sampler.take("shuffle") is False:
                 self.set("data", "shuffle", False)
         if isinstance(sampler, V0Dict):
@@ -672,6 +673,9 @@ class _Mapper:
             )
         if self.top("resume") is True:
             self.notes.append("resume=True: pass --resume to xtune train")
+        sequence_parallel = self.top("sequence_parallel_size")
+        if isinstance(sequence_parallel, int) and sequence_parallel > 1:
+            self.set("training", "sequence_parallel", sequence_parallel)
         work_dir = self.top("work_dir")
         if isinstance(work_dir, str):
             self.raw["work_dir"] = work_dir
