@@ -28,7 +28,7 @@ from xtune.errors import ConfigError
 from xtune.io import write_atomically
 from xtune.models.load import causal_lm
 from xtune.train.distributed import World, all_reduce_sum, main_first
-from xtune.train.loss import count_trained_tokens, head_logits, head_loss, hidden_states, loss_sum
+from xtune.train.loss import count_targets, head_logits, head_loss, hidden_states, loss_sum
 from xtune.train.metrics import logger
 
 
@@ -92,7 +92,7 @@ class SFT:
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         """What the loss sum is normalised by: this micro-batch's trained tokens."""
-        return count_trained_tokens(batch["labels"])
+        return count_targets(batch)
 
     def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return loss_sum(model, batch, self.head_loss)
@@ -333,8 +333,7 @@ class Reward:
 def sequence_scores(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The score head's value (fp32) at the last token of each sequence with trained tokens, in batch order."""
     lm = causal_lm(model)
-    inputs = {name: value for name, value in batch.items() if name != "labels"}
-    hidden = lm.base_model(**inputs, use_cache=False).last_hidden_state
+    hidden = hidden_states(lm, batch)
     starts = batch["position_ids"] == 0
     # a sequence ends where the next one starts, or at the end of its row
     ends = torch.cat([starts[:, 1:], torch.ones_like(starts[:, :1])], dim=1)
