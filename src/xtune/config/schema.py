@@ -148,8 +148,10 @@ class TrainingSettings(_Section):
         None, description=f"With engine deepspeed: {', '.join(DEEPSPEED_PRESETS)}, or a DeepSpeed JSON file."
     )
     log_every: int = Field(10, gt=0, description="Log loss and speed every N steps.")
-    compile: bool = Field(
-        False, description="torch.compile the decoder layers and the loss: faster steps after a one-time compile."
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="torch.compile the decoder layers and the loss: faster steps after a one-time compile; "
+        "auto: only where the run is long enough to pay for compiling.",
     )
 
     @model_validator(mode="after")

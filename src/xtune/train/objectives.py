@@ -28,9 +28,12 @@ class Objective(Protocol):
 class SFT:
     """Supervised fine-tuning: cross-entropy of every trained token, as one mean over the global window."""
 
-    def __init__(self, compile: bool = False):
-        # Compiled, the head's matmul, the fp32 cast and the cross-entropy run as fused kernels.
-        self.head_loss = torch.compile(head_loss) if compile else head_loss
+    def __init__(self):
+        self.head_loss = head_loss
+
+    def compile(self) -> None:
+        """training.compile: the head's matmul, the fp32 cast and the cross-entropy as fused kernels."""
+        self.head_loss = torch.compile(head_loss)
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         """What the loss sum is normalised by: this micro-batch's trained tokens."""

@@ -30,9 +30,10 @@ from xtune.models.load import causal_lm, default_device
 from xtune.templates import ChatTemplate, config_template
 from xtune.train import cpu
 from xtune.train.checkpoint import check_no_previous_run, checkpoint_to_resume, remove_previous_run, remove_stale_writes
+from xtune.train.compile import CompileChoice, shape_signature
 from xtune.train.distributed import all_reduce_sum, barrier, device_for, init_world, main_first
 from xtune.train.engines import build_engine
-from xtune.train.loss import compile_decoder_layers
+from xtune.train.loss import compile_decoder_layers, decoder_layers
 from xtune.train.metrics import RunLog, logger, setup_logging
 from xtune.train.objectives import OBJECTIVES, ObjectiveLoss
 from xtune.train.task import TextTask, point_adapters_at_base
@@ -71,7 +72,7 @@ class FinetuneRecipe:
         # Before anything is written or loaded: a config, engine or --resume that cannot be honoured costs nothing.
         self.task = self.task_type(cfg, self.work_dir, self.world)
         self.engine = build_engine(cfg.training, self.world, trainable_only=cfg.model.method != "full")
-        self.objective = OBJECTIVES["sft"](compile=cfg.training.compile)
+        self.objective = OBJECTIVES["sft"]()
         check_no_previous_run(self.work_dir, resume, overwrite)
         resume_from, skipped = checkpoint_to_resume(self.work_dir, resume)
         torch.manual_seed(cfg.training.seed)
@@ -84,6 +85,7 @@ class FinetuneRecipe:
         if resume_from is not None:
             self.step = self.engine.load_checkpoint(resume_from, self.scheduler)["step"]
             logger.info(f"resumed from {resume_from} at step {self.step}")
+        self._setup_compile()
 
     def _setup_data(self) -> None:
         """Tokenizer, template and the tokenized (packed) rows."""
@@ -125,10 +127,16 @@ class FinetuneRecipe:
             sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             sum(p.numel() for p in self.model.parameters()),
         )
-        if t.compile:
-            compile_decoder_layers(self.model)
-            if self.device.type == "cpu" and self.cfg.model.attn_implementation == "auto":
-                use_causal_chunked_attention(causal_lm(self.model).get_decoder().config)
+        if t.compile is True:  # before the engine wraps the layers; `auto` decides once the steps are known
+            self._compile()
+
+    def _compile(self) -> None:
+        """torch.compile the decoder layers and what the objective computes; compiled on CPU, attend in causal
+        chunks (models/attention.py)."""
+        compile_decoder_layers(self.model)
+        if self.device.type == "cpu" and self.cfg.model.attn_implementation == "auto":
+            use_causal_chunked_attention(causal_lm(self.model).get_decoder().config)
+        getattr(self.objective, "compile", lambda: None)()  # objectives with a compiled form (SFT's fused head)
 
     def _setup_engine(self) -> None:
         """Every training forward goes through the loss module the engine wraps, with the optimizer it steps."""
@@ -148,6 +156,28 @@ class FinetuneRecipe:
         loss_module = ObjectiveLoss(self.model, self.objective)
         self.loss_module = self.engine.wrap(self.model, loss_module, optimizer, self.work_dir)
         self.optimizer = self.engine.optimizer
+
+    def _setup_compile(self) -> None:
+        """training.compile (train/compile.py): true and false as set; auto compiles where the time it saves
+        clearly exceeds its cost, decided now from an earlier run of these shapes or after the first steps."""
+        cfg, t = self.cfg, self.cfg.training
+        settings = {
+            "model": cfg.model.model_dump(exclude={"path"}),
+            "data": (cfg.data.max_length, cfg.data.pack_to_max_length),
+            "training": (t.batch_size, str(cpu.autocast_dtype(t.mixed_precision, self.device)), t.engine),
+            "device": (self.device.type, self.world.size),
+        }
+        self.compile_choice = CompileChoice(
+            t.compile,
+            shape_signature(self.model, settings),
+            self.total_steps - self.step,
+            can_switch=t.engine == "ddp" and decoder_layers(self.model) is not None,  # FSDP and DeepSpeed: `true`
+        )
+        if self.compile_choice.at_setup() and t.compile == "auto":  # `true` compiled before the engine wrapped
+            self._compile()
+        if t.compile == "auto" and self.compile_choice.reason:
+            verdict = "compiling" if self.compile_choice.compiled else "not compiling"
+            logger.info(f"training.compile auto: {verdict}: {self.compile_choice.reason}")
 
     def _setup_schedule(self) -> None:
         t = self.cfg.training
@@ -218,6 +248,11 @@ class FinetuneRecipe:
                 self.step += 1
 
                 elapsed = time.perf_counter() - started
+                if self.compile_choice.step_done(self.step, all_reduce_sum(elapsed, world) / world.size):
+                    logger.info(
+                        f"training.compile auto: compiling from step {self.step + 1}: {self.compile_choice.reason}"
+                    )
+                    self._compile()
                 metrics = self.objective.metrics(window_loss, count)
                 record = {"step": self.step, **metrics, "lr": lr, "grad_norm": grad_norm}
                 record["tokens_per_s"] = real_tokens / elapsed
