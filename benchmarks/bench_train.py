@@ -347,6 +347,7 @@ def worker_hf(work: Work, root: Path, method: str, variant: str, precision: str,
 
         def on_step_end(self, args, state, control, **kwargs):
             self.marks.append((time.perf_counter(), state.num_input_tokens_seen))
+            self.seen = dict(seen)  # the dataloader may have fetched a batch beyond the last step
 
     step_marks = StepMarks()
     pad = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
@@ -363,7 +364,7 @@ def worker_hf(work: Work, root: Path, method: str, variant: str, precision: str,
     start = time.perf_counter()
     trainer.train()
     marks = step_marks.marks[:-1]
-    return run_result(time.perf_counter() - start, seen, trainer.state.global_step, model, marks, samples)
+    return run_result(time.perf_counter() - start, step_marks.seen, trainer.state.global_step, model, marks, samples)
 
 
 def run_worker(args: argparse.Namespace) -> None:
