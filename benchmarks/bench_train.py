@@ -86,8 +86,7 @@ LR = 2e-4
 
 # ---------------------------------------------------------------------------------------------- workload
 def make_workload(root: Path, spec: dict, records: int, seed: int = 0) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     rng = random.Random(seed)
     words = [f"w{i}" for i in range(spec["vocab"] * 2)]
@@ -103,36 +102,29 @@ def make_workload(root: Path, spec: dict, records: int, seed: int = 0) -> None:
         rows.append({"instruction": text(prompt), "input": "", "output": text(total - prompt)})
     (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<s>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=spec["vocab"],
-        special_tokens=specials,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator([r["instruction"] + " " + r["output"] for r in rows], trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
+    texts = [r["instruction"] + " " + r["output"] for r in rows]
+    fast = byte_level_bpe(texts, spec["vocab"], bos_token="<s>", eos_token="<|im_end|>", pad_token="<|endoftext|>")
     model_dir = root / "model"
     fast.save_pretrained(model_dir)
+    save_random_model(LlamaConfig, LlamaForCausalLM, spec, fast, model_dir, seed, max_position_embeddings=2048)
+
+
+def save_random_model(config_class, model_class, spec: dict, tokenizer, out: Path, seed: int, **config) -> None:
+    """A randomly initialised model of `spec`'s dimensions, saved as a Hugging Face model dir."""
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    config = config_class(
         hidden_size=spec["hidden"],
         intermediate_size=spec["intermediate"],
         num_hidden_layers=spec["layers"],
         num_attention_heads=spec["heads"],
         num_key_value_heads=spec["kv_heads"],
         vocab_size=spec["vocab"],
-        max_position_embeddings=2048,
-        bos_token_id=fast.bos_token_id,
-        eos_token_id=fast.eos_token_id,
-        pad_token_id=fast.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **config,
     )
-    LlamaForCausalLM(config).save_pretrained(model_dir)
+    model_class(config).save_pretrained(out)
 
 
 @dataclass
@@ -145,6 +137,24 @@ class Work:
     max_length: int
     batch: int  # samples per optimizer step for the baseline (and xtune's unpacked rows)
     gradient_checkpointing: bool = False
+
+
+def byte_level_bpe(texts: list[str], vocab: int, **special_tokens: str):
+    """A byte-level BPE tokenizer trained on `texts` (GPT-2/Qwen style), with the chat markers as special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=["<|endoftext|>", "<s>", "<|im_start|>", "<|im_end|>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **special_tokens)
 
 
 def encoded_records(work: Work):

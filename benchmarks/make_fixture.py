@@ -14,7 +14,7 @@ import json
 import random
 from pathlib import Path
 
-import torch
+from bench_train import byte_level_bpe, save_random_model
 
 SHAPE = dict(hidden=192, layers=4, heads=6, kv_heads=2, intermediate=640, vocab=32000)
 
@@ -35,8 +35,7 @@ def chats(records: int, rng: random.Random, words: list[str]) -> list[dict]:
 
 
 def make_fixture(out: Path, records: int = 300, seed: int = 0) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     rng = random.Random(seed)
     words = [f"t{i}x" for i in range(SHAPE["vocab"] * 3)]
@@ -44,35 +43,12 @@ def make_fixture(out: Path, records: int = 300, seed: int = 0) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(
-        vocab_size=SHAPE["vocab"],
-        special_tokens=specials,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
     corpus = [m["content"] for r in rows for m in r["messages"]]
     corpus += [" ".join(words[i : i + 50]) for i in range(0, len(words), 50)]  # every word seen: a full vocabulary
-    tokenizer.train_from_iterator(corpus, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    fast = byte_level_bpe(corpus, SHAPE["vocab"], eos_token="<|im_end|>", pad_token="<|endoftext|>")
     fast.save_pretrained(out / "model")
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        hidden_size=SHAPE["hidden"],
-        intermediate_size=SHAPE["intermediate"],
-        num_hidden_layers=SHAPE["layers"],
-        num_attention_heads=SHAPE["heads"],
-        num_key_value_heads=SHAPE["kv_heads"],
-        vocab_size=len(fast),
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        eos_token_id=fast.eos_token_id,
-        pad_token_id=fast.pad_token_id,
-    )
-    Qwen2ForCausalLM(config).save_pretrained(out / "model")
+    shape = {**SHAPE, "vocab": len(fast)}
+    save_random_model(Qwen2Config, Qwen2ForCausalLM, shape, fast, out / "model", seed, tie_word_embeddings=True)
 
 
 def main() -> None:
