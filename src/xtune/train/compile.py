@@ -5,12 +5,13 @@ the time it would save over the steps left clearly exceeds what compiling costs:
 
     steps left x eager step time x (1 - 1 / speedup)  >  MARGIN x compile cost
 
-The eager step time is measured on the run's first steps; the compile cost and the speedup are those measured by
-an earlier run of the same shapes (kept per shape signature in xtune's cache dir, compile_costs.json), else the
-priors below. Where an earlier run measured this signature, the decision is taken before the first step. `true`
-and `false` always and never compile. Inductor keeps its compiled graphs across runs (its FX graph and AOTAutograd
-caches, on by default: $TORCHINDUCTOR_CACHE_DIR, else /tmp/torchinductor_$USER), so a second run of the same
-shapes compiles from them in seconds, and records that lower cost for the next.
+The eager step time is measured on the run's first steps (the fastest of three, after the first); the compile
+cost and the speedup are those measured by an earlier run of the same shapes (kept per shape signature in xtune's
+cache dir, compile_costs.json), else the priors below. Where an earlier run measured this signature, the decision
+is taken before the first step. `true` and `false` always and never compile. Inductor keeps its compiled graphs
+across runs (its FX graph and AOTAutograd caches, on by default: $TORCHINDUCTOR_CACHE_DIR, else
+/tmp/torchinductor_$USER), so a second run of the same shapes compiles from them in seconds, and records that
+lower cost for the next.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from xtune.errors import XtuneError
 from xtune.io import user_cache_dir, write_text_atomically
 
 COSTS_FILE = "compile_costs.json"
-PRIOR_COMPILE_S = 30.0  # a cold compile of the layers and the loss: 15-25 s for the small benchmark model here
+# A cold compile of the layers and the loss: 15-25 s for the small benchmark model packed on an idle 2-core box,
+# 188 s for a 32k-vocabulary model unpacked (new shapes recompile) on a loaded one: on the side of not compiling.
+PRIOR_COMPILE_S = 60.0
 PRIOR_SPEEDUP = 1.5  # per step, compiled vs eager: 1.7x (small LoRA), 1.3-1.5x on larger models (benchmarks.md)
 MARGIN = 2.0  # "clearly exceeds": a misestimate of up to 2x still never makes a run slower
 EAGER_STEPS = 3  # eager steps timed (after the first, which warms up) before an undecided run decides
@@ -115,11 +118,13 @@ class CompileChoice:
             self._eager.append(seconds)
         if self._decided:
             if len(self._eager) == EAGER_STEPS:  # an eager run still tells the next one its step time
-                self._save(Costs(eager_step_s=statistics.median(self._eager)))
+                self._save(Costs(eager_step_s=min(self._eager)))
             return False
         if len(self._eager) < EAGER_STEPS:
             return False
-        eager = statistics.median(self._eager)
+        # the fastest: a load spike on a shared machine, or a first batch of a new shape, slows a step, and a step
+        # time too high would compile where it does not pay (an estimate of 12.3 s/step for steps of 1.9 s did)
+        eager = min(self._eager)
         self._decide(*should_compile(self.steps - step, eager, self.cached()))
         if not self.compiled:
             self._save(Costs(eager_step_s=eager))
@@ -137,7 +142,7 @@ class CompileChoice:
             return
         steady = statistics.median(self._compiled[COMPILED_STEPS // 2 :])
         compile_s = max(0.0, sum(self._compiled) - COMPILED_STEPS * steady)
-        eager = statistics.median(self._eager) if self._eager else self.cached().eager_step_s
+        eager = min(self._eager) if self._eager else self.cached().eager_step_s
         self._save(Costs(eager_step_s=eager, compiled_step_s=steady, compile_s=compile_s))
 
     # ------------------------------------------------------------------ the cache
