@@ -4,9 +4,14 @@ One invocation generates a fixed workload (a random-init Llama saved to disk, a 
 alpaca-style text, the records), then trains it with xtune and with the baseline alternately, each in a fresh
 subprocess (so peak RSS is each side's own), and reports medians of the ratios. Both sides start from the same
 weights, see the same records for one epoch with the same LoRA, optimizer, learning rate and precision; the
-baseline pads dynamically (Trainer has no packing by default), xtune packs and compiles (training.compile).
+baseline pads dynamically (Trainer has no packing by default). xtune's rows (--sides): `defaults` as a user's
+config gets them (no packing, compile and precision `auto`), `preset` (plus the presets' packing), `tuned`
+(packed and compiled), and compile_false/compile_auto/compile_true for the compile study (with --max-steps).
 
     python benchmarks/bench_train.py --workload small            # ~7M parameters
+    python benchmarks/make_fixture.py /tmp/qwen_fixture && \
+    python benchmarks/bench_train.py --fixture /tmp/qwen_fixture --format openai --batch 4   # not generated here
+    python benchmarks/bench_train.py --sides compile_false,compile_auto,compile_true --max-steps 50
     python benchmarks/bench_train.py --workload medium --method full
     python benchmarks/bench_train.py --workload qlora             # peak memory: QLoRA vs LoRA, 1.1B parameters
     python benchmarks/bench_train.py --workload qlora --live-memory  # the same, RSS following live tensors
