@@ -218,6 +218,11 @@ CASES = [
         "xtune: error: model directory {tiny_llama} has no weights (model.safetensors, pytorch_model.bin, or their "
         f"shards and index): {MODEL_FIX}",
     ),
+    Case(
+        "serve-without-a-slot",
+        ["serve", "builtin:tiny-llama", "--max-queue", "0"],
+        "xtune: error: --max-queue 0: admit at least 1 request",
+    ),
     # 5. a work dir that is a file
     Case(
         "work-dir-is-a-file",
@@ -325,11 +330,75 @@ CASES = [
         ],
         "xtune: error: model.vision.projector_path: {inputs}/nope does not exist; point it at stage 1's output (final)",
     ),
-    # 9. causes that used to escape as tracebacks
+    # 9. XTuner v0's configs and names
+    Case(
+        "v0-config-not-python",
+        ["train", "{inputs}/v0.py", "--work-dir", "{work}"],
+        "xtune: error: {inputs}/v0.py:2: not valid Python: '(' was never closed",
+        {"v0.py": b"lr = 2e-4\nmodel = dict(\n"},
+    ),
+    Case(
+        "v0-config-without-model",
+        ["check-custom-dataset", "{inputs}/v0.py"],
+        "xtune: error: {inputs}/v0.py: cannot convert this XTuner v0 config: model: no model = dict(...) found; "
+        "train_dataloader: no train_dataloader = dict(...) found",
+        {"v0.py": b"lr = 2e-4\n"},
+    ),
+    Case(
+        "v0-convert-not-python",
+        ["convert", "xtuner-config", "{inputs}/c.yaml", "{inputs}/out.yaml"],
+        "xtune: error: convert xtuner-config {inputs}/c.yaml: name an XTuner v0 config file (.py)",
+        {"c.yaml": b"model: {path: x}\n"},
+    ),
+    Case(
+        "v0-family-missing",
+        ["train", "chatglm2_6b_qlora_alpaca_e3", "--work-dir", "{work}"],
+        "xtune: error: 'chatglm2_6b_qlora_alpaca_e3' is neither a config file nor a preset name. XTuner v0's "
+        "chatglm2_6b family has no xtune preset: ChatGLM2's '[Round N]' prompt format is not an xtune template yet "
+        "(ChatGLM3 is: chatglm3_6b). Did you mean: chatglm3_6b_qlora_alpaca_e3, chatglm3_6b_lora_alpaca_e3, "
+        "chatglm3_6b_qlora_alpaca_zh_e3?",
+    ),
+    # 10. GGUF export and lm-eval that cannot be done: refused before any model loads
+    Case(
+        "gguf-unknown-type",
+        ["convert", "gguf", "{tiny_llama}", "{inputs}/m.gguf", "--type", "q4_k_m"],
+        "xtune: error: --type q4_k_m: choose one of f32, f16, bf16, q8_0",
+    ),
+    Case(
+        "gguf-out-not-a-gguf-file",
+        ["convert", "gguf", "{tiny_llama}", "{inputs}/out"],
+        "xtune: error: convert gguf OUT {inputs}/out: name a .gguf file, e.g. {inputs}/out.gguf",
+    ),
+    Case(
+        "gguf-unsupported-architecture",
+        ["convert", "gguf", "{inputs}/phi", "{inputs}/m.gguf"],
+        "xtune: error: {inputs}/phi: GGUF export does not support the 'phi3' architecture; it supports llama, "
+        "mistral, qwen2, qwen3, gemma, internlm2. Merge it (`xtune convert merge`) and use llama.cpp's own "
+        "convert_hf_to_gguf.py",
+        {"phi/config.json": b'{"model_type": "phi3"}'},
+    ),
+    Case(
+        "eval-missing-task-file",
+        ["eval", "{tiny_llama}", "--tasks", "xtune_tiny,{inputs}/mmlu.yaml"],
+        "xtune: error: --tasks {inputs}/mmlu.yaml: no such task file {inputs}/mmlu.yaml",
+    ),
+    # 11. causes that used to escape as tracebacks
     Case(
         "log-dataset-count-0",
         ["log-dataset", PRESET, "--count", "0"],
         "xtune: error: --count 0: show at least 1 sample",
+    ),
+    # 10. sequence parallelism the processes cannot hold
+    Case(
+        "sequence-parallel-without-processes",
+        ["train", PRESET, "--work-dir", "{work}", "--sequence-parallel", "2"],
+        "xtune: error: training.sequence_parallel 2: 1 process(es) do not split into groups of 2; run a multiple of 2 "
+        "processes (--nproc-per-node) or set a sequence_parallel that divides 1",
+    ),
+    Case(
+        "sequence-parallel-0",
+        ["train", PRESET, "--work-dir", "{work}", "--sequence-parallel", "0"],
+        "xtune: error: --sequence-parallel 0: N is how many processes share each sequence, 1 or more",
     ),
 ]
 assert len({case.id for case in CASES}) == len(CASES), "case ids must be unique"

@@ -65,9 +65,9 @@ def test_interactive_chat_reset_and_exit(demo, capsys, monkeypatch):
     prompts = []
     real_generate = session_module.generate
 
-    def recording_generate(model, tokenizer, input_ids, settings, on_text=None, model_inputs=None):
+    def recording_generate(model, tokenizer, input_ids, settings, on_text=None, **kwargs):
         prompts.append(tokenizer.decode(input_ids))
-        return real_generate(model, tokenizer, input_ids, settings, on_text, model_inputs=model_inputs)
+        return real_generate(model, tokenizer, input_ids, settings, on_text, **kwargs)
 
     monkeypatch.setattr(session_module, "generate", recording_generate)
     monkeypatch.setattr(sys, "stdin", io.StringIO("你是谁\nRESET\n猫有几条腿？\nEXIT\n中国的首都是哪里？\n"))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from xtune.cli import build_parser, main
-from xtune.cli.xtuner_v0 import XTUNER_V0, check_v0_spelling
+from xtune.cli.xtuner_v0 import XTUNER_V0, apply_v0_chat_flags, check_v0_spelling
+from xtune.config.xtuner_v0 import V0_SYSTEMS
 from xtune.errors import XtuneError
 
 from .data.test_preview import GOOD, write_config
@@ -44,11 +45,32 @@ def test_aliases_parse_as_the_xtune_spelling(argv, expected):
             "shard size when merging: xtune convert merge BASE ADAPTER OUT --max-shard-size 2GB",
         ),
         (
-            ["--debug", "chat", "model_dir", "--system-template", "alpaca"],
-            "`xtune chat --system-template` is XTuner v0's: xtune has no named system prompts; pass the prompt's text "
-            "with --system 'You are ...' (the template itself is --template, XTuner's --prompt-template)",
+            ["convert", "pth_to_hf", "my_cfg.py", "work_dirs/my_cfg/iter_500.pth", "./hf"],
+            "`xtune convert pth_to_hf` is XTuner v0's: xtune's training already writes work_dirs/my_cfg/final as a "
+            "Hugging Face directory (a PEFT adapter for LoRA/QLoRA), so there is nothing to convert; for a checkpoint: "
+            "xtune convert pth_to_hf work_dirs/my_cfg/checkpoint-500 ./hf",
         ),
-        (["chat", "model_dir", "--system-template=alpaca"], "`xtune chat --system-template` is XTuner v0's"),
+        (
+            ["convert", "pth_to_hf", "work_dirs/my_cfg/iter_40.pth", "./hf"],
+            "`xtune convert pth_to_hf` is XTuner v0's: xtune's training already writes work_dirs/my_cfg/final as a "
+            "Hugging Face directory (a PEFT adapter for LoRA/QLoRA), so there is nothing to convert; for a checkpoint: "
+            "xtune convert pth_to_hf work_dirs/my_cfg/checkpoint-40 ./hf",
+        ),
+        (
+            ["--debug", "mmbench", "internlm2", "--llava", "./llava", "--visual-encoder", "clip", "--data-path=mm.tsv"],
+            "`xtune mmbench` is XTuner v0's: xtune eval-mmbench ./llava mm.tsv (the model is one LLaVA directory, "
+            "xtune's final/ or a merged LLaVA, which holds its LLM, vision encoder and template)",
+        ),
+        (
+            ["chat", "internlm2", "--visual-encoder", "clip", "--llava", "./llava", "--image", "cat.png"],
+            "`xtune chat --llava` is XTuner v0's: xtune chat ./llava --image cat.png (a LLaVA directory holds its LLM "
+            "and vision encoder)",
+        ),
+        (
+            ["chat", "model_dir", "--system-template", "poet"],
+            "--system-template poet: choose one of alpaca, arxiv_gentile, colorist, coder, lawyer, medical, sql, or "
+            "pass --system TEXT",
+        ),
     ],
 )
 def test_v0_spellings_without_an_alias_name_the_xtune_command(argv, message, capsys):
@@ -75,3 +97,39 @@ def test_v0_words_elsewhere_are_not_redirected():
         check_v0_spelling(["--debug", "convert", "split"])
     with pytest.raises(XtuneError, match="is XTuner v0's"):
         check_v0_spelling(["--verbose", "convert", "split"])
+
+
+def test_course_chat_flags_take_v0_names():
+    """`xtuner chat MODEL --adapter DIR --prompt-template NAME --system-template NAME --bits 4`, as the course types
+    it: v0's template names become xtune's, and the named system prompt its text."""
+    args = build_parser().parse_args(
+        [
+            "chat",
+            "base",
+            "--adapter",
+            "work_dirs/x/final",
+            "--prompt-template",
+            "wizardlm",
+            "--system-template",
+            "sql",
+            "--bits",
+            "4",
+        ]
+    )
+    apply_v0_chat_flags(args)
+    assert (args.model, args.adapter, args.bits, args.template) == ("base", "work_dirs/x/final", 4, "vicuna")
+    assert args.system == V0_SYSTEMS["sql"] and args.system.startswith("If you are an expert in SQL")
+
+
+def test_dataset_commands_read_a_v0_config(tmp_path, capsys, one_layer_model_dir):
+    """check-custom-dataset and log-dataset take the v0 config as xtuner did, converted as it is read."""
+    from .config.test_xtuner_v0_convert import v0_config
+
+    data = tmp_path / "data.json"
+    data.write_text('[{"instruction": "Say hi", "output": "hi"}]', encoding="utf-8")
+    config = v0_config(tmp_path, quantization="", model_path=str(one_layer_model_dir))
+    config.write_text(config.read_text().replace("./data/alpaca.json", str(data)), encoding="utf-8")
+    main(["check-custom-dataset", str(config)])
+    assert "usable samples" in capsys.readouterr().out
+    main(["log-dataset", str(config), "--format", "json"])
+    assert "Say hi" in capsys.readouterr().out

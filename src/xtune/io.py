@@ -67,18 +67,24 @@ def commit_directory(tmp: Path, final: Path) -> None:
 
 
 def write_text_atomically(path: Path, text: str) -> Path:
+    return write_file_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), len(text.encode()))
+
+
+def write_file_atomically(path: Path, write: Callable[[Path], object], needed_bytes: int | None = None) -> Path:
+    """Let `write` create the file at a temporary path next to `path`, then flush and rename it into place."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
+        write(tmp)
+        with tmp.open("rb+") as f:
             os.fsync(f.fileno())
         tmp.replace(path)
     except BaseException as error:
+        written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
         if _disk_full(error, path.parent):
-            raise DiskFullError(_disk_full_message(path, 0, len(text.encode()))) from error
+            raise DiskFullError(_disk_full_message(path, written, needed_bytes)) from error
         raise
     fsync_directory(path.parent)
     return path

@@ -20,7 +20,7 @@ QUIET_ENVIRONMENT = {
 }
 # Libraries that log through the standard logging module without a handler of their own, so their warnings reach
 # stderr through logging's last-resort handler.
-QUIET_LOGGERS = ("bitsandbytes", "kernels", "peft", "accelerate", "huggingface_hub")
+QUIET_LOGGERS = ("bitsandbytes", "kernels", "peft", "accelerate", "huggingface_hub", "lm_eval")
 
 
 def quiet_libraries() -> None:

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from xtune.chat import session as session_module
-from xtune.chat.generate import GenerationSettings, generate
+from xtune.chat.generate import Generation, GenerationSettings, generate
 from xtune.chat.session import ChatSession
 from xtune.templates import get_template
 
@@ -68,7 +68,8 @@ def test_greedy_generation_equals_transformers(model, tiny_tokenizer, content):
         assert model.training
     finally:
         model.eval()
-    assert reply == expected
+    assert reply.text == expected
+    assert (reply.finish_reason, reply.prompt_tokens, reply.completion_tokens) == ("length", len(ids), N)
     assert stream.text == expected
     assert len(stream.pieces) > 1  # streamed as it was generated, not once at the end
 
@@ -88,7 +89,9 @@ def test_generation_stops_at_the_end_of_sequence_token(model, tiny_tokenizer):
     new = hf_greedy(model, tiny_tokenizer, ids, eos_token_id=eos)
     assert 0 < len(new) <= 5
     expected = tiny_tokenizer.decode(new, skip_special_tokens=False).rstrip("\ufffd")
-    assert generate(model, EosIs(tiny_tokenizer, eos), ids, GenerationSettings(max_new_tokens=N)) == expected
+    reply = generate(model, EosIs(tiny_tokenizer, eos), ids, GenerationSettings(max_new_tokens=N))
+    assert reply.text == expected
+    assert (reply.finish_reason, reply.completion_tokens) == ("stop", len(new) + 1)  # the eos counts, as OpenAI's
 
 
 def stop_word_position(tokenizer, new: list[int], width: int) -> tuple[int, str]:
@@ -115,7 +118,7 @@ def test_stop_word_ends_the_reply_and_is_not_returned_or_streamed(model, tiny_to
     stream = Recorder()
     settings = GenerationSettings(max_new_tokens=N, stop_words=["never appears", word])
     reply = generate(model, tiny_tokenizer, ids, settings, on_text=stream)
-    assert reply == expected
+    assert (reply.text, reply.finish_reason) == (expected, "stop")
     # Streaming holds back text that may start a stop word: for a two-token stop word the first token's text was
     # already generated when the second one completed it, and must not have been streamed.
     assert stream.text == expected
@@ -126,7 +129,9 @@ def test_top_p_near_zero_samples_the_greedy_token(model, tiny_tokenizer):
     ids = chat_ids(tiny_tokenizer, "请介绍一下你自己")
     greedy = generate(model, tiny_tokenizer, ids, GenerationSettings(max_new_tokens=12))
     settings = GenerationSettings(max_new_tokens=12, temperature=1.5, top_p=1e-6)
-    assert generate(model, tiny_tokenizer, ids, settings, generator=torch.Generator().manual_seed(3)) == greedy
+    assert (
+        generate(model, tiny_tokenizer, ids, settings, generator=torch.Generator().manual_seed(3)).text == greedy.text
+    )
 
 
 def test_sampling_is_reproducible_with_a_seeded_generator(model, tiny_tokenizer):
@@ -134,13 +139,13 @@ def test_sampling_is_reproducible_with_a_seeded_generator(model, tiny_tokenizer)
     settings = GenerationSettings(max_new_tokens=16, temperature=1.0, top_p=0.9)
     first = generate(model, tiny_tokenizer, ids, settings, generator=torch.Generator().manual_seed(7))
     again = generate(model, tiny_tokenizer, ids, settings, generator=torch.Generator().manual_seed(7))
-    assert first == again
+    assert first.text == again.text
 
 
 def test_chat_session_keeps_history_and_reset_clears_it(model, tiny_tokenizer, monkeypatch):
     prompts, prompt_ids = [], []
 
-    def recording_generate(model_, tokenizer, input_ids, settings, on_text=None, model_inputs=None):
+    def recording_generate(model_, tokenizer, input_ids, settings, on_text=None, **kwargs):
         prompt_ids.append(input_ids)
         prompts.append(tokenizer.decode(input_ids, skip_special_tokens=False))
         return generate(model_, tokenizer, input_ids, settings, on_text)
@@ -153,7 +158,7 @@ def test_chat_session_keeps_history_and_reset_clears_it(model, tiny_tokenizer, m
 
     first = session.ask("你好")
     assert prompts[0] == QWEN.render_text([system, {"role": "user", "content": "你好"}], add_generation_prompt=True)
-    assert first == generate(model, tiny_tokenizer, prompt_ids[0], session.settings)
+    assert first == generate(model, tiny_tokenizer, prompt_ids[0], session.settings).text
 
     second = session.ask("再说一遍")
     history = [
@@ -187,9 +192,9 @@ def scripted(monkeypatch, replies: list[str]) -> list[str]:
     """Replace generation with `replies` in turn; returns the list the prompts are recorded in."""
     prompts, queue = [], list(replies)
 
-    def fake_generate(model_, tokenizer, input_ids, settings, on_text=None, model_inputs=None):
+    def fake_generate(model_, tokenizer, input_ids, settings, on_text=None, **kwargs):
         prompts.append(tokenizer.decode(input_ids, skip_special_tokens=False))
-        return queue.pop(0)
+        return Generation(queue.pop(0), "stop", len(input_ids), 1)
 
     monkeypatch.setattr(session_module, "generate", fake_generate)
     return prompts

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from xtune.cli import main
@@ -20,7 +20,7 @@ CONFIG_YAML = "model:\n  method: lora\n  lora: {r: 4, alpha: 8}\ndata:\n  templa
 
 
 @pytest.fixture(scope="module")
-def base_and_adapter(tmp_path_factory) -> tuple[Path, Path]:
+def base_and_adapter(tmp_path_factory, save_trained_adapter) -> tuple[Path, Path]:
     """A random tiny Llama with its tokenizer, and a LoRA adapter for it with random (non-zero) A and B, saved the
     way the recipe saves one: with a tokenizer that has the training chat template, and xtune_config.yaml."""
     root = tmp_path_factory.mktemp("merge")
@@ -32,18 +32,7 @@ def base_and_adapter(tmp_path_factory) -> tuple[Path, Path]:
     base.save_pretrained(base_dir)
     tokenizer = AutoTokenizer.from_pretrained(TINY_LLAMA)
     tokenizer.save_pretrained(base_dir)
-
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
-    model = get_peft_model(base, lora)
-    model.peft_config["default"].base_model_name_or_path = str(base_dir)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    model.save_pretrained(adapter_dir)
-    tokenizer.chat_template = get_template("qwen_chat").to_jinja()
-    tokenizer.save_pretrained(adapter_dir)
-    (adapter_dir / "xtune_config.yaml").write_text(CONFIG_YAML)
+    save_trained_adapter(base, base_dir, adapter_dir, "qwen_chat", CONFIG_YAML)
     return base_dir, adapter_dir
 
 

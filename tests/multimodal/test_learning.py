@@ -12,45 +12,22 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 from xtune.chat.generate import GenerationSettings
-from xtune.config.presets import get_preset
-from xtune.config.schema import validate_config
 from xtune.multimodal.chat import image_session
 from xtune.multimodal.data import load_image
-from xtune.multimodal.shapes import QUESTIONS, write_dataset
-from xtune.multimodal.train import task_for
+from xtune.multimodal.shapes import QUESTIONS
 from xtune.templates import get_template
-from xtune.train.recipe import FinetuneRecipe
-
-
-def train(stage: str, root: Path, data: Path, **model) -> FinetuneRecipe:
-    raw = get_preset(f"tiny_llava_{stage}")
-    for dataset in raw["data"]["datasets"]:
-        dataset.update(path=str(data / Path(dataset["path"]).name), image_folder=str(data))
-    raw["data"]["cache_dir"] = str(root / "cache")
-    raw["model"]["vision"].update(model)
-    cfg = validate_config(raw)
-    recipe = FinetuneRecipe(cfg, root / stage, device=torch.device("cpu"), task=task_for(cfg))
-    recipe.setup()
-    recipe.final = recipe.train()
-    return recipe
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, learning_threads):
-    root = tmp_path_factory.mktemp("llava")
-    data = root / "shapes"
-    write_dataset(data)
-    stage1 = train("pretrain", root, data)
-    stage2 = train("lora_finetune", root, data, projector_path=str(stage1.final))
-    heldout = [json.loads(line) for line in (data / "heldout.jsonl").read_text().splitlines()]
-    return SimpleNamespace(root=root, data=data, stage1=stage1, stage2=stage2, heldout=heldout)
+def trained(tiny_llava):
+    """Stage 1 and 2 trained once per session (tests/conftest.py; the server's tests talk to stage 2 too)."""
+    return tiny_llava
 
 
 def answers(session, data: Path, heldout: list[dict], kind: str) -> list[str]:

@@ -157,6 +157,11 @@ def test_resolve_template(tiny_tokenizer, monkeypatch):
     monkeypatch.setattr(tiny_tokenizer, "get_vocab", lambda: {"<|eot_id|>": 0})
     assert resolve_template("auto", tiny_tokenizer, model_type="llama") is TEMPLATES["llama3_chat"]
     monkeypatch.undo()
+    # Baichuan 1 and 2 share model_type baichuan; Baichuan 1's user token (id 195) is <reserved_102>
+    assert resolve_template("auto", tiny_tokenizer, model_type="baichuan") is TEMPLATES["baichuan2_chat"]
+    monkeypatch.setattr(tiny_tokenizer, "convert_ids_to_tokens", {195: "<reserved_102>"}.get)
+    assert resolve_template("auto", tiny_tokenizer, model_type="baichuan") is TEMPLATES["baichuan_chat"]
+    monkeypatch.undo()
     monkeypatch.setattr(tiny_tokenizer, "chat_template", TEMPLATES["qwen_chat"].to_jinja())
     assert isinstance(resolve_template("auto", tiny_tokenizer), TokenizerTemplate)
     assert isinstance(resolve_template("tokenizer_chat_template", tiny_tokenizer, "qwen2"), TokenizerTemplate)

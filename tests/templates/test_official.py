@@ -7,8 +7,9 @@ model's own prompt-building code. Every template's to_jinja() export renders as 
 tokens are exactly the replies with their end-of-turn markers.
 
 Deliberate deviations, asserted below rather than hidden:
-- chatglm3, minicpm, baichuan2_chat: the official format has no end-of-turn marker (the next turn's header ends a
-  reply); xtune writes eos after every reply so each trained reply learns to stop. Without those eos the texts match.
+- chatglm3, minicpm, baichuan2_chat, baichuan_chat: the official format has no end-of-turn marker (the next turn's
+  header ends a reply); xtune writes eos after every reply so each trained reply learns to stop. Without those eos
+  the texts match.
 - minicpm: the official jinja leaves bos to the tokenizer; xtune writes it (xtune tokenizes without special tokens).
 - gemma: the official template rejects a system message; xtune puts it before the first user text (as Gemma 3).
 - qwen3: matches the official template with enable_thinking=False, the generation prompt included; a training
@@ -105,10 +106,11 @@ SETUPS: dict[str, Setup] = {
     ),
     "minicpm": Setup("<s>", "</s>", ("<用户>", "<AI>"), eos_after_replies=True, bos_by_tokenizer=True),
     "baichuan2_chat": Setup("<s>", "</s>", ("<reserved_106>", "<reserved_107>"), eos_after_replies=True),
+    "baichuan_chat": Setup("<s>", "</s>", ("<reserved_102>", "<reserved_103>"), eos_after_replies=True),
 }
 
 # No official jinja template: checked against the model's own prompt-building code below.
-WITHOUT_JINJA = {"default", "internlm_chat", "vicuna", "baichuan2_chat"}
+WITHOUT_JINJA = {"default", "internlm_chat", "vicuna", "baichuan2_chat", "baichuan_chat"}
 
 _TOKENIZERS: dict[str, PreTrainedTokenizerFast] = {}
 
@@ -256,28 +258,33 @@ def test_vicuna_matches_fastchat():
     assert xtune_text("vicuna", [SYSTEM, U1, A1], False) == "<s>" + fastchat_vicuna_prompt(SYSTEM["content"], turns[:2])
 
 
-def baichuan2_build_chat_input(messages: list[dict]) -> str:
+def baichuan2_build_chat_input(messages: list[dict], user: str = "<reserved_106>", bot: str = "<reserved_107>") -> str:
     """baichuan-inc/Baichuan2-7B-Chat generation_utils.py build_chat_input, as text: the system content, then
     user_token_id (<reserved_106>) or assistant_token_id (<reserved_107>) before each message, and
-    assistant_token_id when the last message is not the assistant's."""
+    assistant_token_id when the last message is not the assistant's. Baichuan-13B-Chat's _build_chat_input does the
+    same with the same ids (195, 196), which its vocabulary names <reserved_102> and <reserved_103>."""
     system, rounds = "", messages
     if messages[0]["role"] == "system":
         system, rounds = messages[0]["content"], messages[1:]
     text = system
     for message in rounds:
-        text += ("<reserved_106>" if message["role"] == "user" else "<reserved_107>") + message["content"]
+        text += (user if message["role"] == "user" else bot) + message["content"]
     if messages[-1]["role"] != "assistant":
-        text += "<reserved_107>"
+        text += bot
     return text
 
 
 @pytest.mark.parametrize("conversation", sorted(CONVERSATIONS))
-def test_baichuan2_chat_matches_build_chat_input(conversation):
+@pytest.mark.parametrize(
+    ("name", "markers"),
+    [("baichuan2_chat", ("<reserved_106>", "<reserved_107>")), ("baichuan_chat", ("<reserved_102>", "<reserved_103>"))],
+)
+def test_baichuan_chat_matches_build_chat_input(name, markers, conversation):
     messages = CONVERSATIONS[conversation]
     generation_prompt = messages[-1]["role"] != "assistant"
-    ours = xtune_text("baichuan2_chat", messages, generation_prompt)
+    ours = xtune_text(name, messages, generation_prompt)
     # deviation: an eos after each reply (Baichuan2's fine-tune.py trains eos there without writing it)
-    assert ours.replace("</s>", "") == baichuan2_build_chat_input(messages)
+    assert ours.replace("</s>", "") == baichuan2_build_chat_input(messages, *markers)
 
 
 # --- every template: the jinja export, and what is trained -----------------------------------------------------

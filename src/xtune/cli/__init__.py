@@ -10,7 +10,17 @@ import sys
 import traceback
 from pathlib import Path
 
-from xtune.cli.xtuner_v0 import check_v0_spelling, v0_aliases
+from xtune.cli import evaluate as evaluate_cli
+from xtune.cli import gguf as gguf_cli
+from xtune.cli.serve import add_parser as add_serve_parsers
+from xtune.cli.xtuner_v0 import (
+    add_v0_chat_flags,
+    add_v0_convert_commands,
+    apply_v0_chat_flags,
+    check_v0_spelling,
+    report_v0_conversion,
+    v0_aliases,
+)
 from xtune.errors import XtuneError
 from xtune.io import write_text_atomically
 
@@ -20,7 +30,10 @@ def cmd_list_cfg(args: argparse.Namespace) -> None:
 
     names = list_presets(args.pattern)
     if not names:
-        raise XtuneError(f"no preset matches {args.pattern!r}; `xtune list-cfg` lists all")
+        from xtune.config.presets import missing_reason
+
+        why = missing_reason(args.pattern or "")
+        raise XtuneError(f"no preset matches {args.pattern!r}{f': {why}' if why else ''}; `xtune list-cfg` lists all")
     print("\n".join(names))
 
 
@@ -113,12 +126,21 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise XtuneError("--fsdp and --deepspeed choose different engines; pass one of them")
     # The flag's own mistakes, named as the flag: as a config override, they would be blamed on the config file.
     choice = _deepspeed_flag(args.deepspeed) if args.deepspeed else None
+    if args.sequence_parallel is not None and args.sequence_parallel < 1:
+        n = args.sequence_parallel
+        raise XtuneError(f"--sequence-parallel {n}: N is how many processes share each sequence, 1 or more")
     if (args.nproc_per_node > 1 or args.nnodes > 1) and "WORLD_SIZE" not in os.environ:
         _relaunch_under_torchrun(args)
     overrides = [*(args.set or []), *(["training.engine=fsdp"] if args.fsdp else [])]
+    if args.sequence_parallel is not None:
+        overrides.append(f"training.sequence_parallel={args.sequence_parallel}")
     if choice:
         # JSON quoting: the override value is parsed as YAML, and a path may hold ':' or '#'
         overrides += ["training.engine=deepspeed", f"training.deepspeed={json.dumps(choice)}"]
+    if args.config.endswith(".py"):
+        from xtune.config.xtuner_v0 import convert_v0_config
+
+        report_v0_conversion(convert_v0_config(args.config), "training from")
     cfg, name = resolve_config(args.config, overrides)
     if cfg.training.engine == "deepspeed" and not choice:
         from xtune.train.deepspeed_engine import check_installed
@@ -184,6 +206,7 @@ def _relaunch_under_torchrun(args: argparse.Namespace) -> None:
 def cmd_chat(args: argparse.Namespace) -> None:
     from xtune.cli.chat import run_chat
 
+    apply_v0_chat_flags(args)
     run_chat(args)
 
 
@@ -273,6 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--master-port", type=int, default=29500)
     p.add_argument("--fsdp", action="store_true", help="shard the model with FSDP2 (default engine: DDP)")
     p.add_argument(
+        "--sequence-parallel",
+        type=int,
+        metavar="N",
+        help="split each sequence over N processes (training.sequence_parallel; Ulysses attention)",
+    )
+    p.add_argument(
         "--deepspeed",
         metavar="CONFIG",
         help="train with DeepSpeed ZeRO: zero1, zero2, zero2_offload, zero3, zero3_offload, or a DeepSpeed JSON file",
@@ -304,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="chat template name; default: the one the model was trained with",
     )
     p.add_argument("--system", help="system prompt")
+    add_v0_chat_flags(p)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-p", type=float, default=0.9)
@@ -349,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=cmd_chat)
+    add_serve_parsers(sub, chat_parser=p)  # serve and web take chat's model flags
 
     p = sub.add_parser(
         "eval-mmbench",
@@ -360,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--out", help="write each question's reply and choice here (JSON lines)")
     p.set_defaults(func=cmd_eval_mmbench)
+
+    evaluate_cli.add_parser(sub)
 
     p = sub.add_parser("convert", help="convert or merge models")
     convert = p.add_subparsers(dest="convert_command", required=True)
@@ -385,6 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("out")
     c.add_argument("--trust-remote-code", action="store_true")
     c.set_defaults(func=cmd_convert_checkpoint)
+    add_v0_convert_commands(convert)
+    gguf_cli.add_parser(convert)
 
     # before or after the command: `xtune --debug train ...` and `xtune train ... --debug`
     global_flags = {
@@ -428,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
         from xtune.quiet import quiet_libraries
 
         quiet_libraries()
-    if args.command in ("train", "chat", "convert"):  # the commands that load and save models
+    if args.command in ("train", "chat", "convert", "eval"):  # the commands that load and save models
         _prefer_deepspeed_cpu_accelerator()
     try:
         args.func(args)

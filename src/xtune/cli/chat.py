@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
+from transformers import PreTrainedTokenizerBase
 
 from xtune.chat.generate import GenerationSettings
-from xtune.chat.session import ChatSession
+from xtune.chat.session import ChatSession, tool_line
 from xtune.chat.tools import (
     SOLVE_TIME_LIMIT_S,
     LocalDocumentSearch,
+    ToolRegistry,
     ToolResult,
     build_registry,
     is_user_tool,
@@ -24,7 +26,7 @@ from xtune.chat.tools import (
 from xtune.config.schema import CONFIG_FILE
 from xtune.errors import XtuneError
 from xtune.io import user_cache_dir
-from xtune.templates import resolve_template
+from xtune.templates import Template, resolve_template
 from xtune.templates.tool_calls import ToolCall
 
 HELP = "Type a message. RESET clears the history, EXIT quits."
@@ -50,9 +52,56 @@ def chat_tool_names(
     return [n for n in trained if not is_user_tool(n)]
 
 
-def run_chat(args: argparse.Namespace) -> None:
+@dataclass
+class ChatSetup:
+    """A loaded model directory and what its training config and the flags say about chatting with it: what
+    `xtune chat` and `xtune serve` both start from."""
+
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    template: Template | None
+    system: str | None
+    settings: GenerationSettings
+    tools: ToolRegistry | None
+    list_tools: bool
+    max_tool_rounds: int
+    source: Path
+
+    def session(
+        self,
+        settings: GenerationSettings | None = None,
+        images: list[str] | None = None,
+        tool_schemas: list[dict] | None = None,
+    ) -> ChatSession:
+        """A new conversation; `tool_schemas` offers tools the caller runs instead of the setup's own."""
+        from xtune.multimodal.chat import image_session, is_llava
+
+        settings = settings or self.settings
+        if images or is_llava(self.model):  # a LLaVA answers about --image (or without one, text only)
+            if self.tools is not None or tool_schemas is not None:
+                raise XtuneError("--tools is for text models; a LLaVA chat answers about its --image")
+            return image_session(
+                self.model, self.tokenizer, self.template, settings, self.source, images or [], system=self.system
+            )
+        return ChatSession(
+            self.model,
+            self.tokenizer,
+            self.template,
+            settings,
+            system=self.system,
+            tools=self.tools if tool_schemas is None else None,
+            max_tool_rounds=self.max_tool_rounds,
+            list_tools=self.list_tools,
+            tool_schemas=tool_schemas,
+        )
+
+
+def load_chat(args: argparse.Namespace, dir_tools: bool = True) -> ChatSetup:
+    """The model of `args.model` and its chat settings from the flags and the directory's training config.
+    `dir_tools`: without --tools, offer the built-in tools the config's evaluation.tools names (`xtune chat`);
+    a server offers only the tools its operator names."""
     torch.manual_seed(args.seed)
-    from xtune.multimodal.chat import image_session, is_llava, load_llava_for_inference
+    from xtune.multimodal.chat import load_llava_for_inference
 
     model, tokenizer, source = load_llava_for_inference(args.model, args.adapter, args.bits, args.trust_remote_code)
     trained = yaml.safe_load((source / CONFIG_FILE).read_text()) if (source / CONFIG_FILE).exists() else {}
@@ -75,7 +124,8 @@ def run_chat(args: argparse.Namespace) -> None:
         stop_words=list(args.stop_words),
     )
     evaluation = trained.get("evaluation") or {}
-    names = chat_tool_names(args.tools, evaluation.get("tools") or [], args.trust_dir_tools, source / CONFIG_FILE)
+    trained_tools = (evaluation.get("tools") or []) if dir_tools else []
+    names = chat_tool_names(args.tools, trained_tools, args.trust_dir_tools, source / CONFIG_FILE)
     docs = args.search_docs or evaluation.get("search_docs")
     search = LocalDocumentSearch(docs) if docs and "search" in names else None
     if search is not None:  # what the model can read, and what the folder held that it cannot
@@ -83,32 +133,18 @@ def run_chat(args: argparse.Namespace) -> None:
     solve_time_limit = args.solve_time_limit or evaluation.get("solve_time_limit") or SOLVE_TIME_LIMIT_S
     tools = build_registry(names, search_provider=search, solve_time_limit=solve_time_limit) if names else None
     list_tools = args.list_tools if args.list_tools is not None else evaluation.get("list_tools", True)
-    images = getattr(args, "image", None) or []
-    if images or is_llava(model):  # a LLaVA answers about --image (or without one, text only)
-        if tools is not None:
-            raise XtuneError("--tools is for text models; a LLaVA chat answers about its --image")
-        session = image_session(model, tokenizer, template, settings, source, images, system=system)
-    else:
-        session = ChatSession(
-            model,
-            tokenizer,
-            template,
-            settings,
-            system=system,
-            tools=tools,
-            max_tool_rounds=args.max_tool_rounds,
-            list_tools=list_tools,
-        )
+    return ChatSetup(model, tokenizer, template, system, settings, tools, list_tools, args.max_tool_rounds, source)
+
+
+def run_chat(args: argparse.Namespace) -> None:
+    session = load_chat(args).session(images=getattr(args, "image", None))
 
     def stream(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
     def show_tool(call: ToolCall, result: ToolResult) -> None:
-        arguments = (
-            call.arguments if isinstance(call.arguments, str) else json.dumps(call.arguments, ensure_ascii=False)
-        )
-        sys.stdout.write(f"\n[tool] {call.name}({arguments}) -> {result.text}\n")
+        sys.stdout.write(tool_line(call, result))
         sys.stdout.flush()
 
     def ask(prompt: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from xtune.config.presets import PRESETS, get_preset, list_presets
+from xtune.config.presets import PRESETS, get_preset, list_presets, missing_reason
 from xtune.config.schema import (
     CONFIG_FILE,
     Config,
@@ -22,6 +22,8 @@ __all__ = ["CONFIG_FILE", "Config", "ConfigError", "resolve_config", "list_prese
 def resolve_config(name_or_path: str, overrides: list[str] = ()) -> tuple[Config, str]:
     """A CONFIG argument is a YAML path or a preset name; returns the config and a name for its work dir."""
     path = Path(name_or_path)
+    if path.suffix == ".py":
+        return v0_config(path, overrides), path.stem
     if path.suffix in {".yaml", ".yml"} or path.exists():
         return load_config(path, overrides), path.stem
     if name_or_path in PRESETS:
@@ -29,9 +31,29 @@ def resolve_config(name_or_path: str, overrides: list[str] = ()) -> tuple[Config
         for override in overrides:
             apply_override(raw, override)
         return validate_config(raw, source=f"preset {name_or_path}"), name_or_path
+    missing = missing_reason(name_or_path)
     close = difflib.get_close_matches(name_or_path, list(PRESETS), n=3)
     hint = f" Did you mean: {', '.join(close)}?" if close else " See `xtune list-cfg`."
+    if missing:
+        hint = f" {missing}.{hint}"
     raise ConfigError(f"{name_or_path!r} is neither a config file nor a preset name.{hint}")
+
+
+def v0_config(path: Path, overrides: list[str] = ()) -> Config:
+    """An XTuner v0 .py config, converted as it is read (never run); refused where what is not mapped would make
+    it train something else."""
+    from xtune.config.xtuner_v0 import convert_v0_config
+
+    conversion = convert_v0_config(path)
+    if conversion.blocking:
+        raise ConfigError(
+            f"{path}: this XTuner v0 config cannot train in xtune as it is: "
+            + "; ".join(str(u) for u in conversion.blocking)
+        )
+    raw = conversion.raw
+    for override in overrides:
+        apply_override(raw, override)
+    return validate_config(raw, source=f"{path} (converted from XTuner v0)")
 
 
 def preset_yaml(name: str) -> str:

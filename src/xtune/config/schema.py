@@ -147,6 +147,9 @@ class TrainingSettings(_Section):
     deepspeed: str | None = Field(
         None, description=f"With engine deepspeed: {', '.join(DEEPSPEED_PRESETS)}, or a DeepSpeed JSON file."
     )
+    sequence_parallel: int = Field(
+        1, ge=1, description="Ranks sharing each sequence (Ulysses): each holds 1/N of its tokens; N divides the ranks."
+    )
     log_every: int = Field(10, gt=0, description="Log loss and speed every N steps.")
     compile: bool | Literal["auto"] = Field(
         "auto",
@@ -181,6 +184,23 @@ class SavingSettings(_Section):
     save_total_limit: int = Field(2, gt=0, description="Keep this many newest checkpoints.")
 
 
+class LmEvalSettings(_Section):
+    tasks: list[str] = Field(
+        min_length=1, description="lm-eval task YAML files, xtune's shipped tasks (xtune_tiny), or cached task names."
+    )
+    limit: int | None = Field(None, gt=0, description="Score only the first N examples of each task.")
+    chat_template: bool = Field(False, description="Send each prompt as a chat message in the training template.")
+    batch_size: int = Field(8, gt=0, description="Requests per forward.")
+
+    @model_validator(mode="after")
+    def _installed(self) -> LmEvalSettings:
+        import importlib.util
+
+        if importlib.util.find_spec("lm_eval") is None:
+            raise ValueError("evaluation.lm_eval needs lm-evaluation-harness: pip install 'xtune[eval]'")
+        return self
+
+
 class EvaluationSettings(_Section):
     inputs: list[str] = Field([], description="Prompts answered during training (eval_outputs_step_N.txt).")
     freq: int = Field(500, gt=0, description="Answer the inputs every N steps.")
@@ -194,6 +214,10 @@ class EvaluationSettings(_Section):
     solve_time_limit: float = Field(2.0, gt=0, description="Seconds one solve call may take, fallbacks included.")
     # the list costs hundreds of tokens per sample; a model fine-tuned on a fixed tool set can do without it
     list_tools: bool = Field(True, description="List the tools in the prompt; false for a model trained without it.")
+    lm_eval: LmEvalSettings | None = Field(
+        None,
+        description="Benchmarks (lm-evaluation-harness) run on the model every freq steps; scores in lm_eval.jsonl.",
+    )
 
 
 CONFIG_FILE = "xtune_config.yaml"  # the resolved config, in a work dir and in each output that training writes
@@ -262,12 +286,7 @@ def parse_yaml(text: str):
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     """Read a YAML config, apply `key.sub=value` overrides, and validate it."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: byte offset {e.start} is not UTF-8; save the config as UTF-8 text") from None
+    text = read_config_text(path)
     try:
         raw = parse_yaml(text) or {}
     except yaml.YAMLError as e:
@@ -279,6 +298,15 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     for override in overrides:
         apply_override(raw, override)
     return validate_config(raw, source=str(path), yaml_text=text)
+
+
+def read_config_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: byte offset {e.start} is not UTF-8; save the config as UTF-8 text") from None
 
 
 def apply_override(raw: dict, override: str) -> None:

@@ -7,6 +7,7 @@ A map function raises `RecordError` naming the key it could not use; the loader 
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from collections.abc import Callable
@@ -310,4 +311,291 @@ def get_map_fn(name: str, base_dir: Path | None = None) -> MapFn:
             f"unknown dataset format {name!r}; built-in formats: {', '.join(MAP_FUNCTIONS)}, "
             "or name your own as 'my_module:my_map_fn' or 'path/to/file.py:my_map_fn'"
         )
-    return load_function(name, "dataset format", base_dir)
+    return accept_v0_conversation(load_function(name, "dataset format", base_dir))
+
+
+# --- XTuner v0's datasets, by v0's names -----------------------------------------------------------------------------
+# Each reads the record layout of the dataset v0 trained on (its published card, and v0's map function for which field
+# is the prompt) and gives the system prompt v0 gave it (xtuner.utils.SYSTEM_TEMPLATE), so a v0 recipe trains on the
+# same conversations.
+_V0_CODER = (
+    "You are a professional programer. Please provide the corresponding code based on the description of Human.\n"
+)
+_V0_LAWYER = "你现在是一名专业的中国律师，请根据用户的问题给出准确、有理有据的回复。\n"
+
+
+def _task(system: str, prompt: str, reply: str) -> Sample:
+    return {
+        "messages": [
+            *([{"role": "system", "content": system}] if system else []),
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": reply},
+        ]
+    }
+
+
+def conversation(record: dict) -> Sample:
+    """XTuner v0's own layout (its custom-dataset JSON, and what v0 map functions return): {"conversation": [{"system"?,
+    "input", "output"}, ...]}, one user/assistant exchange per item, a system prompt before the item that has one."""
+    turns = record.get("conversation")
+    if not isinstance(turns, list) or not turns:
+        raise RecordError("missing key 'conversation' (a non-empty list of {system?, input, output})", "conversation")
+    messages: list[dict] = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise RecordError(f"conversation[{i}] must be an object with input and output", f"conversation[{i}]")
+        system = _text(turn, "system", required=False)
+        if system:
+            messages.append({"role": "system", "content": system})
+        prompt = _text(turn, "input", required=False)
+        if prompt or i == 0:
+            messages.append({"role": "user", "content": prompt})
+        messages.append({"role": "assistant", "content": _text(turn, "output")})
+    return {"messages": messages}
+
+
+def accept_v0_conversation(map_fn: MapFn) -> MapFn:
+    """Your own map function may return v0's {"conversation": [...]} as v0's did; it is read as `conversation`."""
+
+    def mapped(record: dict) -> Sample:
+        sample = map_fn(record)
+        if isinstance(sample, dict) and "conversation" in sample and "messages" not in sample:
+            return conversation(sample)
+        return sample
+
+    mapped.__wrapped__ = map_fn  # the tokenized-data cache keys on the user's own function
+    return mapped
+
+
+def arxiv(record: dict) -> Sample:
+    """arXiv metadata (v0's arxiv_gentitle): {"abstract", "title"} -> write the paper's title from its abstract."""
+    system = (
+        "If you are an expert in writing papers, please generate a good paper title for this paper based on other "
+        "authors' descriptions of their abstracts.\n"
+    )
+    return _task(system, _text(record, "abstract"), _text(record, "title"))
+
+
+def code_alpaca(record: dict) -> Sample:
+    """HuggingFaceH4/CodeAlpaca_20K: {"prompt", "completion"} with v0's programmer system prompt."""
+    return _task(_V0_CODER, _text(record, "prompt"), _text(record, "completion"))
+
+
+def tiny_codes(record: dict) -> Sample:
+    """nampdn-ai/tiny-codes: {"prompt", "response"} with v0's programmer system prompt."""
+    return _task(_V0_CODER, _text(record, "prompt"), _text(record, "response"))
+
+
+def colorist(record: dict) -> Sample:
+    """burkelibbey/colors: {"description": "name: words", "color": "#hex"} -> the colour for the words after the
+    first colon, with v0's colour-designer system prompt."""
+    words = _text(record, "description").partition(":")[2].strip()
+    system = (
+        "You are a professional color designer. Please provide the corresponding colors based on the description of "
+        "Human.\n"
+    )
+    return _task(system, words, _text(record, "color"))
+
+
+def crime_kg_assistant(record: dict) -> Sample:
+    """CrimeKgAssitant (Chinese criminal-law Q&A): {"input", "output"} with v0's lawyer system prompt."""
+    return _task(_V0_LAWYER, _text(record, "input"), _text(record, "output"))
+
+
+def law_reference(record: dict) -> Sample:
+    """DISC-Law-SFT with references: {"question", "answer"} with v0's lawyer system prompt."""
+    return _task(_V0_LAWYER, _text(record, "question"), _text(record, "answer"))
+
+
+def lawyer(record: dict) -> Sample:
+    """v0's lawyer data, either of its two files: crime_kg_assistant's {"input", "output"} or law_reference's
+    {"question", "answer"}."""
+    return law_reference(record) if "question" in record else crime_kg_assistant(record)
+
+
+def medical(record: dict) -> Sample:
+    """shibing624/medical (finetune): {"instruction", "input"?, "output"} with v0's doctor system prompt."""
+    system = "如果你是一名医生，请根据患者的描述回答医学问题。\n"
+    return {
+        "messages": [
+            {"role": "system", "content": system},
+            *_instruction(record, "instruction", "input", "output")["messages"],
+        ]
+    }
+
+
+def sql(record: dict) -> Sample:
+    """b-mc2/sql-create-context: {"context" (CREATE TABLE), "question", "answer"} with v0's SQL system prompt."""
+    system = (
+        "If you are an expert in SQL, please generate a good SQL Query for Question based on the CREATE TABLE "
+        "statement.\n"
+    )
+    return _task(system, _text(record, "context") + "\n" + _text(record, "question"), _text(record, "answer"))
+
+
+def open_orca(record: dict) -> Sample:
+    """Open-Orca/OpenOrca: {"system_prompt", "question", "response"}."""
+    system = _text(record, "system_prompt", required=False)
+    return _task(system, _text(record, "question"), _text(record, "response"))
+
+
+def stack_exchange(record: dict) -> Sample:
+    """ArmelR/stack-exchange-instruction: {"question", "response"}."""
+    return _task("", _text(record, "question"), _text(record, "response"))
+
+
+def wizardlm(record: dict) -> Sample:
+    """WizardLM evol-instruct (ShareGPT layout): {"conversations": [{"from": "human"|"gpt", "value"}]}; turns before
+    the first human one, and a last human turn without an answer, are dropped."""
+    sample = sharegpt(record)
+    messages = sample["messages"]
+    while messages and messages[-1]["role"] == "user":
+        messages.pop()
+    return {"messages": messages}
+
+
+_MSAGENT_THINK = re.compile(r"<\|startofthink\|>(.*?)<\|endofthink\|>", re.S)
+_MSAGENT_EXEC = re.compile(r"<\|startofexec\|>(.*?)<\|endofexec\|>", re.S)
+
+
+def _msagent_json(text: str, key: str) -> Any:
+    body = text.replace("```JSON", "").replace("```json", "").replace("```", "").strip()
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as e:
+        raise RecordError(f"key {key!r}: the JSON between the markers is not valid ({e.msg})", key) from None
+
+
+def _msagent_tools(system: str) -> list[dict]:
+    """The APIs an MSAgent system prompt describes as JSON objects with a name and a description."""
+    decoder, tools, position = json.JSONDecoder(), [], 0
+    while (start := system.find("{", position)) != -1:
+        try:
+            api, end = decoder.raw_decode(system, start)
+        except json.JSONDecodeError:
+            position = start + 1
+            continue
+        position = end
+        if not (isinstance(api, dict) and "name" in api and "description" in api):
+            continue
+        parameters: dict[str, Any] = {"type": "object", "properties": {}}
+        for path in api.get("paths", [])[:1]:
+            for p in path.get("parameters", []) if isinstance(path, dict) else []:
+                if isinstance(p, dict) and "name" in p:
+                    parameters["properties"][p["name"]] = {"description": p.get("description", "")}
+        tools.append(
+            {
+                "type": "function",
+                "function": {"name": api["name"], "description": api["description"], "parameters": parameters},
+            }
+        )
+    return tools
+
+
+def msagent_react(record: dict) -> Sample:
+    """damo/MSAgent-Bench: {"conversations": [{"from": "system"|"user"|"assistant", "value"}]} (a list, or its Python
+    text as published, read as a literal), the APIs described in the system turn, calls as
+    <|startofthink|>```JSON{"api_name", "parameters"}```<|endofthink|> and results as <|startofexec|>...<|endofexec|>:
+    as tool calls, tool results and a tool list, which each template writes in its model's tool format."""
+    turns = record.get("conversations")
+    if isinstance(turns, str):
+        try:
+            turns = ast.literal_eval(turns)  # a literal only: the published file writes Python reprs, never code
+        except (ValueError, SyntaxError):
+            raise RecordError(
+                "key 'conversations' is neither a list nor a Python literal of one", "conversations"
+            ) from None
+    if not isinstance(turns, list) or len(turns) < 2:
+        raise RecordError("key 'conversations' must hold at least a user and an assistant turn", "conversations")
+    messages: list[dict] = []
+    tools: list[dict] = []
+    for i, turn in enumerate(turns):
+        key = f"conversations[{i}]"
+        speaker, value = (turn.get("from"), _text(turn, "value")) if isinstance(turn, dict) else (None, "")
+        if speaker == "system":
+            tools += _msagent_tools(value)
+        elif speaker == "user":
+            messages.append({"role": "user", "content": value})
+        elif speaker == "assistant":
+            before, _, executed = value.partition("<|startofexec|>")
+            think = _MSAGENT_THINK.search(before)
+            if think is None:
+                messages.append({"role": "assistant", "content": value.strip()})
+                continue
+            call = _msagent_json(think.group(1), f"{key}.value")
+            if not isinstance(call, dict) or not isinstance(call.get("api_name"), str):
+                raise RecordError(f"{key}.value: a call needs an api_name", f"{key}.value")
+            arguments = call.get("parameters") or {}
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": before[: think.start()].strip(),
+                    "tool_calls": [ToolCall(call["api_name"], arguments).to_message()],
+                }
+            )
+            if executed:
+                result = _MSAGENT_EXEC.search("<|startofexec|>" + executed)
+                if result is None:
+                    raise RecordError(f"{key}.value: <|startofexec|> without <|endofexec|>", f"{key}.value")
+                output = _msagent_json(result.group(1), f"{key}.value")
+                messages.append({"role": "tool", "content": json.dumps(output, ensure_ascii=False)})
+                answer = ("<|startofexec|>" + executed)[result.end() :].strip()
+                if answer:
+                    messages.append({"role": "assistant", "content": answer})
+        else:
+            raise RecordError(f"{key}.from is {speaker!r}; expected system, user or assistant", f"{key}.from")
+    _check_tool_results(messages)
+    sample: Sample = {"messages": _drop_leading_assistant(messages)}
+    return {**sample, "tools": tools} if tools else sample
+
+
+XTUNER_V0_FORMATS: dict[str, MapFn] = {
+    "conversation": conversation,
+    "arxiv": arxiv,
+    "code_alpaca": code_alpaca,
+    "colorist": colorist,
+    "crime_kg_assistant": crime_kg_assistant,
+    "law_reference": law_reference,
+    "lawyer": lawyer,
+    "medical": medical,
+    "msagent_react": msagent_react,
+    "open_orca": open_orca,
+    "sql": sql,
+    "stack_exchange": stack_exchange,
+    "tiny_codes": tiny_codes,
+    "wizardlm": wizardlm,
+}
+MAP_FUNCTIONS.update(XTUNER_V0_FORMATS)
+_MSAGENT_API = {
+    "name": "weather",
+    "description": "Today's weather of a city",
+    "paths": [{"parameters": [{"name": "city", "description": "the city"}]}],
+}
+EXAMPLES.update(
+    {
+        "conversation": {"conversation": [{"system": "You are terse.", "input": "Hi", "output": "Hello!"}]},
+        "arxiv": {"abstract": "We show that attention is all you need.", "title": "Attention Is All You Need"},
+        "code_alpaca": {"prompt": "Reverse a list in Python", "completion": "items[::-1]"},
+        "colorist": {"description": "sky: a calm light blue", "color": "#87ceeb"},
+        "crime_kg_assistant": {"input": "盗窃罪怎么判？", "output": "视数额而定……"},
+        "law_reference": {"question": "合同何时成立？", "answer": "承诺生效时合同成立。"},
+        "lawyer": {"question": "合同何时成立？", "answer": "承诺生效时合同成立。"},
+        "medical": {"instruction": "头痛怎么办？", "input": "", "output": "注意休息……"},
+        "msagent_react": {
+            "conversations": [
+                {"from": "system", "value": json.dumps(_MSAGENT_API)},
+                {"from": "user", "value": "Weather in Paris?"},
+                {
+                    "from": "assistant",
+                    "value": 'Let me check.<|startofthink|>```JSON{"api_name": "weather", "parameters": {"city": '
+                    '"Paris"}}```<|endofthink|><|startofexec|>```JSON{"result": "sunny"}```<|endofexec|>It is sunny.',
+                },
+            ]
+        },
+        "open_orca": {"system_prompt": "You are helpful.", "question": "2+2?", "response": "4"},
+        "sql": {"context": "CREATE TABLE t (a INT)", "question": "Count rows", "answer": "SELECT COUNT(*) FROM t"},
+        "stack_exchange": {"question": "How do I exit vim?", "response": "Type :q and Enter."},
+        "tiny_codes": {"prompt": "Print hello in C", "response": 'printf("hello");'},
+        "wizardlm": {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]},
+    }
+)

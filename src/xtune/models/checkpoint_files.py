@@ -9,7 +9,12 @@ import json
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors.torch import load_file
+from transformers import PreTrainedTokenizerBase
+
+from xtune.config.schema import CONFIG_FILE
+from xtune.templates import Template, resolve_template
 
 STATE_FILE = "trainer_state.json"  # marks a training checkpoint
 WEIGHTS_FILE = "trainable.safetensors"
@@ -34,3 +39,22 @@ def write_weight_index(directory: Path, model: torch.nn.Module) -> None:
     names = [name for name, p in model.named_parameters() if p.requires_grad]
     index = {"metadata": {}, "weight_map": dict.fromkeys(names, WEIGHTS_FILE)}
     (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
+
+
+def trained_config(source: Path) -> dict:
+    """The resolved config training wrote beside a model (final/, checkpoint-N, a merge); {} for other models."""
+    return yaml.safe_load((source / CONFIG_FILE).read_text()) if (source / CONFIG_FILE).exists() else {}
+
+
+def trained_template(
+    source: Path, tokenizer: PreTrainedTokenizerBase, name: str | None = None, model_type: str | None = None
+) -> Template:
+    """The template `name`, else the one the model was trained with, else the family's (`auto`)."""
+    recorded = (trained_config(source).get("data") or {}).get("template")
+    return resolve_template(name or recorded or "auto", tokenizer, model_type)
+
+
+def trained_system(source: Path) -> str | None:
+    """The system prompt training's evaluation (or its data) used: chat's default."""
+    trained = trained_config(source)
+    return (trained.get("evaluation") or {}).get("system") or (trained.get("data") or {}).get("system")

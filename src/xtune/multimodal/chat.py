@@ -3,6 +3,7 @@ session whose first user turn carries the images, as in training."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -73,6 +74,15 @@ class ImageChatSession(ChatSession):
         return {"pixel_values": self.pixel_values} if self.pixel_values is not None else None
 
 
+@functools.lru_cache(maxsize=4)  # a server opens a session per request
+def image_processor(source: Path):
+    try:
+        return AutoProcessor.from_pretrained(source, local_files_only=True).image_processor
+    except (OSError, ValueError) as e:
+        message = f"{source}: no LLaVA processor files (processor_config.json) to read images with: {e}"
+        raise ConfigError(message) from None
+
+
 def image_session(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -85,11 +95,6 @@ def image_session(
     """A session about `images` with the image processor saved in `source` (every xtune LLaVA output has it)."""
     if not is_llava(model):
         raise ConfigError(f"--image needs a LLaVA model (xtune.multimodal); {source} is a text-only model")
-    try:
-        processor = AutoProcessor.from_pretrained(source, local_files_only=True).image_processor
-    except (OSError, ValueError) as e:
-        message = f"{source}: no LLaVA processor files (processor_config.json) to read images with: {e}"
-        raise ConfigError(message) from None
-    session = ImageChatSession(model, tokenizer, template, settings, processor, system)
+    session = ImageChatSession(model, tokenizer, template, settings, image_processor(source), system)
     session.set_images([load_image(str(Path(p).expanduser())) for p in images])
     return session

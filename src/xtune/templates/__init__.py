@@ -74,6 +74,8 @@ def resolve_template(name: str, tokenizer: PreTrainedTokenizerBase, model_type: 
     family = FAMILY_TEMPLATES.get(model_type or "")
     if model_type == "llama" and "<|eot_id|>" in tokenizer.get_vocab():
         family = "llama3_chat"
+    if model_type == "baichuan" and tokenizer.convert_ids_to_tokens(195) == "<reserved_102>":
+        family = "baichuan_chat"  # Baichuan 1 shares Baichuan2's model_type; its user token (195) is named apart
     if family in TEMPLATES:
         return _family_variant(family, tokenizer)
     if getattr(tokenizer, "chat_template", None):

@@ -55,6 +55,19 @@ _VICUNA_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 
+
+def _baichuan(user: str, assistant: str) -> dict:
+    """Baichuan's chat format: the system prompt bare, the user token before user turns, the assistant's before
+    replies (its two token ids, 195 and 196, have different names in Baichuan 1's and Baichuan 2's vocabularies)."""
+    return dict(
+        system="{content}",
+        user=user + "{content}",
+        assistant_prefix=assistant,
+        assistant_suffix="{eos}",
+        stop_words=(user,),
+    )
+
+
 TEMPLATES: dict[str, ChatTemplate] = {
     t.name: t
     for t in [
@@ -294,14 +307,10 @@ TEMPLATES: dict[str, ChatTemplate] = {
         ),
         # baichuan-inc/Baichuan2-*-Chat: no jinja template; generation_utils.build_chat_input: the system prompt
         # bare, <reserved_106> (user_token_id) before user turns, <reserved_107> (assistant_token_id) before replies.
-        ChatTemplate(
-            name="baichuan2_chat",
-            system="{content}",
-            user="<reserved_106>{content}",
-            assistant_prefix="<reserved_107>",
-            assistant_suffix="{eos}",
-            stop_words=("<reserved_106>",),
-        ),
+        ChatTemplate(name="baichuan2_chat", **_baichuan("<reserved_106>", "<reserved_107>")),
+        # baichuan-inc/Baichuan-13B-Chat: no jinja template; its remote code builds the input as Baichuan2's does, with
+        # the same user/assistant token ids (195, 196), which its vocabulary names <reserved_102> and <reserved_103>.
+        ChatTemplate(name="baichuan_chat", **_baichuan("<reserved_102>", "<reserved_103>")),
     ]
 }
 

@@ -22,14 +22,27 @@ CHUNK_TOKENS = 2048
 POSITIONS_MULTIPLE = 256
 
 
+def next_token_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(batch, length): each position's target, the label of the token after it (IGNORE_INDEX after the last). A
+    sequence-parallel shard brings its own (`shift_labels`, transformers' name), shifted before the row was cut."""
+    if "shift_labels" in batch:
+        return batch["shift_labels"]
+    return F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
+def count_targets(batch: dict[str, torch.Tensor]) -> int:
+    """The positions a batch trains (what its loss sum is normalised by), sequence-parallel shards included."""
+    return int((next_token_targets(batch) != IGNORE_INDEX).sum())
+
+
 def count_trained_tokens(labels: torch.Tensor) -> int:
-    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+    return count_targets({"labels": labels})
 
 
 def hidden_states(lm: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The last hidden states of the CausalLM's base model (all but the head) on every input of `batch` but its
     labels: inputs a task adds (images, ...) reach the model as they are; the caller runs the head where it needs."""
-    inputs = {name: value for name, value in batch.items() if name != "labels"}
+    inputs = {name: value for name, value in batch.items() if name not in ("labels", "shift_labels")}
     return lm.base_model(**inputs, use_cache=False).last_hidden_state
 
 
@@ -53,7 +66,7 @@ def loss_sum(
     or its compiled twin (training.compile)."""
     lm = causal_lm(model)
     hidden = hidden_states(lm, batch)
-    targets = batch["labels"][:, 1:].reshape(-1)
+    targets = next_token_targets(batch).reshape(-1)
     positions = (targets != IGNORE_INDEX).nonzero().squeeze(1)
     n_trained = positions.numel()
     # Round the number of positions up (the extra ones get ignored targets): logits of a few sizes rather than
@@ -63,7 +76,7 @@ def loss_sum(
     positions = F.pad(positions, (0, padded - n_trained))
     targets = targets[positions]
     targets[n_trained:] = IGNORE_INDEX
-    hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])[positions]
+    hidden = hidden.reshape(-1, hidden.shape[-1])[positions]
     head = lm.get_output_embeddings()
     softcap = getattr(lm.config, "final_logit_softcapping", None)
     if hidden.shape[0] <= CHUNK_TOKENS:

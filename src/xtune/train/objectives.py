@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from xtune.data.encode import IGNORE_INDEX
 from xtune.models.load import causal_lm
-from xtune.train.loss import count_trained_tokens, head_logits, head_loss, hidden_states, loss_sum
+from xtune.train.loss import count_targets, head_logits, head_loss, hidden_states, loss_sum
 
 
 class Objective(Protocol):
@@ -37,7 +37,7 @@ class SFT:
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         """What the loss sum is normalised by: this micro-batch's trained tokens."""
-        return count_trained_tokens(batch["labels"])
+        return count_targets(batch)
 
     def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return loss_sum(model, batch, self.head_loss)

@@ -24,6 +24,7 @@ from xtune.chat.tools import build_registry
 from xtune.config.schema import CONFIG_FILE, Config
 from xtune.data import build_training_data
 from xtune.data.packing import epoch_batches, group_lengths
+from xtune.evaluate import log_lm_eval
 from xtune.io import write_atomically
 from xtune.models.attention import use_causal_chunked_attention
 from xtune.models.load import causal_lm, default_device
@@ -36,6 +37,7 @@ from xtune.train.engines import build_engine
 from xtune.train.loss import compile_decoder_layers, decoder_layers
 from xtune.train.metrics import RunLog, logger, setup_logging
 from xtune.train.objectives import OBJECTIVES, ObjectiveLoss
+from xtune.train.sequence_parallel import sequence_parallel
 from xtune.train.task import TextTask, point_adapters_at_base
 
 
@@ -73,6 +75,7 @@ class FinetuneRecipe:
         self.task = self.task_type(cfg, self.work_dir, self.world)
         self.engine = build_engine(cfg.training, self.world, trainable_only=cfg.model.method != "full")
         self.objective = OBJECTIVES["sft"]()
+        self.sequence_parallel = sequence_parallel(cfg, self.world, self.objective)
         check_no_previous_run(self.work_dir, resume, overwrite)
         resume_from, skipped = checkpoint_to_resume(self.work_dir, resume)
         torch.manual_seed(cfg.training.seed)
@@ -121,6 +124,7 @@ class FinetuneRecipe:
         compute_dtype = cpu.autocast_dtype(t.mixed_precision, self.device)  # QLoRA's 4-bit layers compute in it
         self.model = self.task.model(self.tokenizer, self.device, compute_dtype)
         self.collate = self.task.collator(self.tokenizer, self.model)
+        self.sequence_parallel.attach(self.model, self.cfg.data.max_length)
         point_adapters_at_base(self.model, self.work_dir)
         self.model.train()
         self.n_params = (  # counted before an engine partitions them
@@ -171,7 +175,8 @@ class FinetuneRecipe:
             t.compile,
             shape_signature(self.model, settings),
             self.total_steps - self.step,
-            can_switch=t.engine == "ddp" and decoder_layers(self.model) is not None,  # FSDP and DeepSpeed: `true`
+            # FSDP and DeepSpeed compile with `true`; sequence parallelism does not compile
+            can_switch=t.engine == "ddp" and t.sequence_parallel == 1 and decoder_layers(self.model) is not None,
         )
         if self.compile_choice.at_setup() and t.compile == "auto":  # `true` compiled before the engine wrapped
             self._compile()
@@ -182,7 +187,8 @@ class FinetuneRecipe:
     def _setup_schedule(self) -> None:
         t = self.cfg.training
         self.batches_per_epoch = math.ceil(len(self.data.rows) / t.batch_size)
-        self.micro_batches_per_step = t.gradient_accumulation * self.world.size  # the global batch, in micro-batches
+        data_ranks = self.sequence_parallel.data_size  # the ranks of a sequence-parallel group share micro-batches
+        self.micro_batches_per_step = t.gradient_accumulation * data_ranks  # the global batch, in micro-batches
         self.total_steps = t.max_steps or math.ceil(t.epochs * self.batches_per_epoch / self.micro_batches_per_step)
         warmup = round(t.warmup_ratio * self.total_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -191,19 +197,20 @@ class FinetuneRecipe:
 
     # ------------------------------------------------------------------ data order
     def micro_batches(self, start: int):
-        """(batch, real token count) from global micro-batch index `start` on, epoch after epoch; rank r takes
-        every world-size-th micro-batch. The order of an epoch depends only on seed and epoch, so a resumed run
-        sees exactly the batches the interrupted one would have, and N ranks see what one process would."""
+        """(batch, real token count) from global micro-batch index `start` on, epoch after epoch; data rank r takes
+        every data-size-th micro-batch (with sequence parallelism, each rank of a group its shard of the same ones).
+        The order of an epoch depends only on seed and epoch, so a resumed run sees exactly the batches the
+        interrupted one would have, and N ranks see what one process would."""
         t, data = self.cfg.training, self.cfg.data
         lengths = group_lengths(self.data.rows)
-        index = start
+        index, sp = start, self.sequence_parallel
         while True:
             epoch, position = divmod(index, self.batches_per_epoch)
             batches = epoch_batches(lengths, t.batch_size, t.seed, epoch, data.shuffle, data.group_by_length)
             for indices in batches[position:]:
-                if index % self.world.size == self.world.rank:
+                if index % sp.data_size == sp.data_rank:
                     rows = [self.data.rows[i] for i in indices]
-                    yield self.collate(rows), sum(len(r) for r in rows)
+                    yield sp.shard(self.collate(rows)), sum(len(r) for r in rows) / sp.size
                 index += 1
 
     # ------------------------------------------------------------------ training
@@ -296,6 +303,8 @@ class FinetuneRecipe:
 
     def evaluate(self) -> None:
         ev = self.cfg.evaluation
+        if ev.lm_eval is not None and self.world.is_main and not self.engine.shards_weights:
+            log_lm_eval(self.model, self.tokenizer, self.template, ev.lm_eval, self.step, self.work_dir)
         if not ev.inputs or not self.world.is_main:
             return
         if self.engine.shards_weights:  # rank 0 alone cannot gather sharded weights for generation
