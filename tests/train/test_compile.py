@@ -87,9 +87,9 @@ def test_auto_measures_the_costs_and_the_next_run_of_those_shapes_decides_before
     first = CompileChoice("auto", "sig", steps=10_000, cache_file=cache)
     assert not first.at_setup()  # nothing measured for these shapes: eager until the first steps are timed
     decisions = [first.step_done(step, 1.0) for step in range(1, EAGER_STEPS + 2)]
-    assert decisions == [False] * EAGER_STEPS + [True] and first.compiled  # 10,000 eager seconds left
+    assert decisions == [None] * EAGER_STEPS + [True] and first.compiled  # 10,000 eager seconds left
     for step, seconds in enumerate([30.0, 5.0, 0.5, 0.5, 0.5, 0.5, 0.5], start=EAGER_STEPS + 2):
-        assert not first.step_done(step, seconds)
+        assert first.step_done(step, seconds) is None
     costs = first.cached()
     assert (costs.eager_step_s, costs.compiled_step_s, costs.compile_s) == (1.0, 0.5, 34.0)  # 37 s - 6 x 0.5
 

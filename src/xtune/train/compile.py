@@ -109,19 +109,20 @@ class CompileChoice:
                 self._decide(False, f"{self.steps} steps: too few to pay for compiling")
         return self.compiled
 
-    def step_done(self, step: int, seconds: float) -> bool:
-        """Record step `step` (1-based) and its time; True when the recipe should compile now."""
+    def step_done(self, step: int, seconds: float) -> bool | None:
+        """Record step `step` (1-based) and its time; the decision where this step decided it (True: compile now),
+        else None."""
         if self.compiled:
             self._record_compiled(seconds)
-            return False
+            return None
         if step > 1:  # the first step warms up
             self._eager.append(seconds)
         if self._decided:
             if len(self._eager) == EAGER_STEPS:  # an eager run still tells the next one its step time
                 self._save(Costs(eager_step_s=min(self._eager)))
-            return False
+            return None
         if len(self._eager) < EAGER_STEPS:
-            return False
+            return None
         # the fastest: a load spike on a shared machine, or a first batch of a new shape, slows a step, and a step
         # time too high would compile where it does not pay (an estimate of 12.3 s/step for steps of 1.9 s did)
         eager = min(self._eager)

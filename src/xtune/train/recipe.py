@@ -255,11 +255,12 @@ class FinetuneRecipe:
                 self.step += 1
 
                 elapsed = time.perf_counter() - started
-                if self.compile_choice.step_done(self.step, all_reduce_sum(elapsed, world) / world.size):
-                    logger.info(
-                        f"training.compile auto: compiling from step {self.step + 1}: {self.compile_choice.reason}"
-                    )
-                    self._compile()
+                decided = self.compile_choice.step_done(self.step, all_reduce_sum(elapsed, world) / world.size)
+                if decided is not None:
+                    verdict = f"compiling from step {self.step + 1}" if decided else "not compiling"
+                    logger.info(f"training.compile auto: {verdict}: {self.compile_choice.reason}")
+                    if decided:
+                        self._compile()
                 metrics = self.objective.metrics(window_loss, count)
                 record = {"step": self.step, **metrics, "lr": lr, "grad_norm": grad_norm}
                 record["tokens_per_s"] = real_tokens / elapsed
