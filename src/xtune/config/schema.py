@@ -170,8 +170,10 @@ class TrainingSettings(_Section):
         1, ge=1, description="Ranks sharing each sequence (Ulysses): each holds 1/N of its tokens; N divides the ranks."
     )
     log_every: int = Field(10, gt=0, description="Log loss and speed every N steps.")
-    compile: bool = Field(
-        False, description="torch.compile the decoder layers and the loss: faster steps after a one-time compile."
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="torch.compile the decoder layers and the loss: faster steps after a one-time compile; "
+        "auto: only where the run is long enough to pay for compiling.",
     )
 
     @model_validator(mode="after")

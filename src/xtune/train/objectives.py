@@ -83,9 +83,12 @@ def check_data(objective: str, formats: Sequence[str], pairs: bool | None = None
 class SFT:
     """Supervised fine-tuning: cross-entropy of every trained token, as one mean over the global window."""
 
-    def __init__(self, compile: bool = False):
-        # Compiled, the head's matmul, the fp32 cast and the cross-entropy run as fused kernels.
-        self.head_loss = torch.compile(head_loss) if compile else head_loss
+    def __init__(self):
+        self.head_loss = head_loss
+
+    def compile(self) -> None:
+        """training.compile: the head's matmul, the fp32 cast and the cross-entropy as fused kernels."""
+        self.head_loss = torch.compile(head_loss)
 
     def prepare(self, model: torch.nn.Module, data: TrainingData, run: Forwards) -> None:
         """Nothing to compute ahead."""
@@ -344,7 +347,7 @@ def sequence_scores(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
 
 
 def _sft(training: TrainingSettings, world: World) -> Objective:
-    return SFT(compile=training.compile)
+    return SFT()  # compiled by the recipe where training.compile decides so (SFT.compile)
 
 
 def _preference(objective: str) -> Callable[[TrainingSettings, World], Objective]:

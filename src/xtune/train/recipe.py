@@ -32,9 +32,10 @@ from xtune.models.load import causal_lm, default_device
 from xtune.templates import ChatTemplate, config_template
 from xtune.train import cpu
 from xtune.train.checkpoint import check_no_previous_run, checkpoint_to_resume, remove_previous_run, remove_stale_writes
+from xtune.train.compile import CompileChoice, shape_signature
 from xtune.train.distributed import all_reduce_sum, barrier, device_for, init_world, main_first
 from xtune.train.engines import build_engine
-from xtune.train.loss import compile_decoder_layers
+from xtune.train.loss import compile_decoder_layers, decoder_layers
 from xtune.train.metrics import RunLog, logger, setup_logging
 from xtune.train.objectives import Forwards, ObjectiveLoss, build_objective, check_data
 from xtune.train.sequence_parallel import sequence_parallel
@@ -92,6 +93,7 @@ class FinetuneRecipe:
         if resume_from is not None:
             self.step = self.engine.load_checkpoint(resume_from, self.scheduler)["step"]
             logger.info(f"resumed from {resume_from} at step {self.step}")
+        self._setup_compile()
 
     def _setup_data(self) -> None:
         """Tokenizer, template and the tokenized (packed) rows."""
@@ -134,10 +136,16 @@ class FinetuneRecipe:
             sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             sum(p.numel() for p in self.model.parameters()),
         )
-        if t.compile:
-            compile_decoder_layers(self.model)
-            if self.device.type == "cpu" and self.cfg.model.attn_implementation == "auto":
-                use_causal_chunked_attention(causal_lm(self.model).get_decoder().config)
+        if t.compile is True:  # before the engine wraps the layers; `auto` decides once the steps are known
+            self._compile()
+
+    def _compile(self) -> None:
+        """torch.compile the decoder layers and what the objective computes; compiled on CPU, attend in causal
+        chunks (models/attention.py)."""
+        compile_decoder_layers(self.model)
+        if self.device.type == "cpu" and self.cfg.model.attn_implementation == "auto":
+            use_causal_chunked_attention(causal_lm(self.model).get_decoder().config)
+        getattr(self.objective, "compile", lambda: None)()  # objectives with a compiled form (SFT's fused head)
 
     def _prepare_objective(self) -> None:
         """What the objective checks and computes before the first step, with the model as loaded."""
@@ -164,6 +172,29 @@ class FinetuneRecipe:
         loss_module = ObjectiveLoss(self.model, self.objective)
         self.loss_module = self.engine.wrap(self.model, loss_module, optimizer, self.work_dir)
         self.optimizer = self.engine.optimizer
+
+    def _setup_compile(self) -> None:
+        """training.compile (train/compile.py): true and false as set; auto compiles where the time it saves
+        clearly exceeds its cost, decided now from an earlier run of these shapes or after the first steps."""
+        cfg, t = self.cfg, self.cfg.training
+        settings = {
+            "model": cfg.model.model_dump(exclude={"path"}),
+            "data": (cfg.data.max_length, cfg.data.pack_to_max_length),
+            "training": (t.batch_size, str(cpu.autocast_dtype(t.mixed_precision, self.device)), t.engine),
+            "device": (self.device.type, self.world.size),
+        }
+        self.compile_choice = CompileChoice(
+            t.compile,
+            shape_signature(self.model, settings),
+            self.total_steps - self.step,
+            # FSDP and DeepSpeed compile with `true`; sequence parallelism does not compile
+            can_switch=t.engine == "ddp" and t.sequence_parallel == 1 and decoder_layers(self.model) is not None,
+        )
+        if self.compile_choice.at_setup() and t.compile == "auto":  # `true` compiled before the engine wrapped
+            self._compile()
+        if t.compile == "auto" and self.compile_choice.reason:
+            verdict = "compiling" if self.compile_choice.compiled else "not compiling"
+            logger.info(f"training.compile auto: {verdict}: {self.compile_choice.reason}")
 
     def _setup_schedule(self) -> None:
         t = self.cfg.training
@@ -236,6 +267,12 @@ class FinetuneRecipe:
                 self.step += 1
 
                 elapsed = time.perf_counter() - started
+                decided = self.compile_choice.step_done(self.step, all_reduce_sum(elapsed, world) / world.size)
+                if decided is not None:
+                    verdict = f"compiling from step {self.step + 1}" if decided else "not compiling"
+                    logger.info(f"training.compile auto: {verdict}: {self.compile_choice.reason}")
+                    if decided:
+                        self._compile()
                 metrics = self.objective.metrics(window_loss, count)
                 record = {"step": self.step, **metrics, "lr": lr, "grad_norm": grad_norm}
                 record["tokens_per_s"] = real_tokens / elapsed

@@ -97,8 +97,8 @@ def sequence_parallel(cfg: Config, world: World, objective: Objective) -> Sequen
         raise ConfigError(f"{key}: LLaVA (model.vision) is not supported with sequence parallelism; set it to 1")
     if not isinstance(objective, SFT):  # preference objectives score whole samples, which shards cut apart
         raise ConfigError(f"{key}: only the sft objective is supported with sequence parallelism")
-    if cfg.training.compile:
-        raise ConfigError(f"{key}: not supported with training.compile; set compile: false")
+    if cfg.training.compile is True:  # `auto` does not compile here (recipe._setup_compile)
+        raise ConfigError(f"{key}: not supported with training.compile; set compile: false or auto")
     if (world.size, n) not in _GROUPS:
         _GROUPS[world.size, n] = [dist.new_group(list(range(g, g + n))) for g in range(0, world.size, n)]
     group = _GROUPS[world.size, n][world.rank // n]
