@@ -12,7 +12,7 @@ import pytest
 from xtune.cli import main
 from xtune.config import ConfigError, resolve_config
 from xtune.config.schema import load_config, parse_yaml
-from xtune.config.xtuner_v0 import PREFERENCE_REASON, V0_SYSTEMS, convert_v0_config
+from xtune.config.xtuner_v0 import V0_SYSTEMS, convert_v0_config
 from xtune.data.formats import get_map_fn
 
 IMPORTS = """\
@@ -357,25 +357,88 @@ def test_code_in_a_config_is_read_never_run(tmp_path, monkeypatch):
     assert listed["lr_value"].reason == "eval('1 + 1'): no xtune setting"
 
 
-def test_preference_model_types_are_listed_not_trained(tmp_path, capsys):
-    extra = "from xtuner.model.dpo import DPO\nmodel['type'] = DPO\n"
-    config = v0_config(tmp_path)
-    config.write_text(
-        config.read_text()
-        .replace("from xtuner.model import SupervisedFinetune", "from xtuner.model.dpo import DPO")
-        .replace("type=SupervisedFinetune", "type=DPO"),
-        encoding="utf-8",
+# v0's preference configs (configs/dpo, orpo, reward_model) as they lay out model and dataset
+PREFERENCE_DATASET = """\
+from xtuner.dataset.collate_fns.preference_collate_fn import preference_collate_fn
+from xtuner.dataset.preference_dataset import build_preference_dataset
+from xtuner.dataset.map_fns.dataset_map_fns import orpo_dpo_mix_40k_map_fn
+train_dataset = dict(type=build_preference_dataset,
+    dataset=dict(type=load_dataset, path="json", data_files=dict(train=data_path)),
+    tokenizer=tokenizer, max_length=max_length, dataset_map_fn={map_fn}, is_dpo={is_dpo}, is_reward={is_reward},
+    reward_token_id=-1, num_proc=32, use_varlen_attn=use_varlen_attn, max_packed_length=16384,
+    shuffle_before_pack=True)
+"""
+
+
+def preference_config(tmp_path, model_type: str, model_args: str, map_fn="None", reward=False):
+    config = v0_config(
+        tmp_path,
+        quantization="",
+        lora="",
+        datasets=PREFERENCE_DATASET.format(map_fn=map_fn, is_dpo=not reward, is_reward=reward),
     )
-    del extra
+    text = config.read_text().replace(
+        "from xtuner.model import SupervisedFinetune", f"from xtuner.model import {model_type}"
+    )
+    text = text.replace("type=SupervisedFinetune,", f"type={model_type}, {model_args}")
+    config.write_text(text.replace("pack_to_max_length=pack_to_max_length, ", ""), encoding="utf-8")
+    return config
+
+
+@pytest.mark.parametrize(
+    ("model_type", "model_args", "map_fn", "objective", "preference", "data_format"),
+    [
+        (
+            "DPO",
+            "loss_type='sigmoid', beta=0.2, label_smoothing=0.1,",
+            "None",
+            "dpo",
+            {"beta": 0.2, "label_smoothing": 0.1},
+            "preference",
+        ),
+        (
+            "DPO",
+            "loss_type='ipo', beta=0.05,",
+            "orpo_dpo_mix_40k_map_fn",
+            "ipo",
+            {"beta": 0.05},
+            "preference_conversations",
+        ),
+        ("ORPO", "beta=0.3,", "orpo_dpo_mix_40k_map_fn", "orpo", {"orpo_lambda": 0.3}, "preference_conversations"),
+    ],
+    ids=["dpo", "ipo", "orpo"],
+)
+def test_preference_configs_become_training_objectives(
+    tmp_path, model_type, model_args, map_fn, objective, preference, data_format
+):
+    conversion = convert_v0_config(preference_config(tmp_path, model_type, model_args, map_fn))
+    assert conversion.blocking == [] and conversion.raw["training"]["objective"] == objective
+    assert conversion.raw["training"]["preference"] == preference
+    assert conversion.raw["data"]["datasets"] == [{"path": "./data/alpaca.json", "format": data_format}]
+    assert conversion.config.training.objective == objective  # the schema takes it as it is
+    assert not [u for u in conversion.unmapped if "train_dataset" in u.key]  # v0's pair settings all read
+
+
+def test_reward_model_config_and_what_xtune_cannot_match(tmp_path, capsys):
+    config = preference_config(tmp_path, "RewardModel", "loss_type='ranking', penalty_type='log_barrier',", reward=True)
     conversion = convert_v0_config(config)
-    blocking = [str(u) for u in conversion.blocking]
-    assert blocking == [f"line {line_of(config, 'type=DPO')}: model.type (DPO): {PREFERENCE_REASON}"]
-    with pytest.raises(ConfigError, match="cannot train in xtune as it is: .*" + PREFERENCE_REASON):
+    assert conversion.raw["training"]["objective"] == "reward"
+    assert "inputs" not in conversion.raw["evaluation"]  # a reward model answers no evaluation prompts
+    [penalty] = [str(u) for u in conversion.unmapped if "penalty" in u.key]
+    reason = "'log_barrier': xtune's reward loss adds no score penalty"
+    assert penalty == f"line {line_of(config, 'penalty_type=')}: model.penalty_type: {reason}"
+    unknown = convert_v0_config(preference_config(tmp_path, "DPO", "loss_type='kto_pair',"))
+    assert [str(u) for u in unknown.blocking] == [
+        f"line {line_of(config, 'type=DPO')}: model.loss_type: 'kto_pair': "
+        "xtune's DPO losses are sigmoid (dpo), ipo (ipo), hinge (hinge)"
+    ]
+    # what would train something else than the v0 config refuses to train, and nothing is written
+    with pytest.raises(ConfigError, match="cannot train in xtune as it is: .*'kto_pair'"):
         resolve_config(str(config))
     with pytest.raises(SystemExit) as info:
         main(["train", str(config), "--work-dir", str(tmp_path / "work")])
     assert info.value.code == 2 and not (tmp_path / "work").exists()
-    assert PREFERENCE_REASON in capsys.readouterr().err
+    assert "'kto_pair'" in capsys.readouterr().err
 
 
 def test_train_converts_a_v0_config_on_the_fly(tmp_path, capsys, one_layer_model_dir):

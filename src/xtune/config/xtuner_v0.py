@@ -91,8 +91,12 @@ _INTERNLM2_MODULES = {
     "w2": ("down_proj",),
 }
 
-PREFERENCE_REASON = "preference training: arriving with training.objective"
+# v0's preference models (xtuner.model.dpo / orpo / reward) and DPO's loss_type -> training.objective
 PREFERENCE_MODELS = ("DPO", "ORPO", "RewardModel")
+V0_DPO_LOSSES = {"sigmoid": "dpo", "ipo": "ipo", "hinge": "hinge"}
+# v0's preference map functions -> the xtune format of the records they read. Without one, v0 reads records that
+# are already {prompt, chosen, rejected} message lists: xtune's `preference`.
+V0_PREFERENCE_FORMATS = {"orpo_dpo_mix_40k_map_fn": "preference_conversations"}
 # Modules whose names a v0 config imports as values; a name from any other module is the user's own code.
 KNOWN_MODULES = ("torch", "datasets", "mmengine", "peft", "transformers", "xtuner", "deepspeed")
 # Top-level settings of every v0 config that xtune does itself: they carry no choice to convert.
@@ -181,6 +185,8 @@ class _Mapper:
         self.optimizer(self.top("optim_wrapper"))
         self.schedule(self.top("param_scheduler"), self.top("train_cfg"))
         self.hooks(self.top("default_hooks"), self.top("custom_hooks"))
+        if self.raw["training"].get("objective") == "reward" and self.raw["evaluation"].pop("inputs", None):
+            self.notes.append("evaluation_inputs left out: a reward model scores replies, it answers no prompts")
         self.runtime()
         self.leftovers()
 
@@ -188,7 +194,7 @@ class _Mapper:
         kind = model.take("type")
         leaf = kind.leaf if isinstance(kind, Ref) else None
         if leaf in PREFERENCE_MODELS:
-            self.miss(model, "type", f"model.type ({leaf})", PREFERENCE_REASON, blocking=True)
+            self.preference(model, leaf)
         elif leaf not in ("SupervisedFinetune", "LLaVAModel"):
             self.miss(model, "type", "model.type", f"{describe(kind)}: not a v0 model type xtune knows", True)
         llm = model.take("llm")
@@ -218,6 +224,36 @@ class _Mapper:
             self.miss(model, "lora", "model.lora", f"{describe(lora)}: not a dict(type=LoraConfig, ...)")
         if leaf == "LLaVAModel":
             self.llava(model)
+
+    def preference(self, model: V0Dict, leaf: str) -> None:
+        """DPO (its loss_type: sigmoid, ipo, hinge), ORPO and RewardModel as training.objective and its settings."""
+        settings: dict[str, Any] = {}
+        if leaf == "DPO":
+            loss = model.take("loss_type", "sigmoid")
+            objective = V0_DPO_LOSSES.get(loss)
+            if objective is None:
+                known = ", ".join(f"{k} ({v})" for k, v in V0_DPO_LOSSES.items())
+                self.miss(model, "loss_type", "model.loss_type", f"{loss!r}: xtune's DPO losses are {known}", True)
+                objective = "dpo"
+            for key in ("beta", "label_smoothing"):
+                if key in model:
+                    settings[key] = model.take(key)
+        elif leaf == "ORPO":
+            objective = "orpo"
+            if "beta" in model:  # v0's (and TRL's) ORPO beta weighs the odds-ratio term: the paper's lambda
+                settings["orpo_lambda"] = model.take("beta")
+        else:
+            objective = "reward"
+            self.expect(
+                model, "loss_type", "model.loss_type", "ranking", "xtune's reward loss is ranking (Bradley-Terry)"
+            )
+            self.expect(
+                model, "penalty_type", "model.penalty_type", "none", "xtune's reward loss adds no score penalty"
+            )
+            model.take("penalty_weight")
+        self.set("training", "objective", objective)
+        if settings:
+            self.set("training", "preference", settings)
 
     def llm(self, llm: V0Dict) -> None:
         kind = llm.take("type")
@@ -398,6 +434,12 @@ class _Mapper:
         elif self.is_type(d, "process_hf_dataset") or (isinstance(kind, Ref) and kind.leaf == "build_origin_dataset"):
             source = d.take("dataset")
             files = self.source_paths(source, f"{path}.dataset")
+        elif self.is_type(d, "build_preference_dataset"):
+            files = self.source_paths(d.take("dataset"), f"{path}.dataset")
+            # the objective says pairs or rewards; xtune reads the score at each sequence's last token, packs with
+            # data.pack_to_max_length and tokenizes without worker processes
+            for key in ("is_dpo", "is_reward", "reward_token_id", "num_proc", "max_packed_length"):
+                d.take(key)
         else:
             self.miss(d, "type", f"{path}.type", f"{describe(kind)}: not a dataset type xtune reads", True)
             return []
@@ -463,11 +505,14 @@ class _Mapper:
 
     def format(self, d: V0Dict, path: str) -> str:
         map_fn = d.take("dataset_map_fn")
+        pairs = self.is_type(d, "build_preference_dataset")
         if map_fn is None:
-            return "conversation"  # v0's own layout: {"conversation": [{"system"?, "input", "output"}]}
+            # v0's own layouts: {"conversation": [{"system"?, "input", "output"}]}; pairs as message lists
+            return "preference" if pairs else "conversation"
         if isinstance(map_fn, Ref) and map_fn.name.startswith("xtuner."):
-            if map_fn.leaf in V0_FORMATS:
-                return V0_FORMATS[map_fn.leaf]
+            known = V0_PREFERENCE_FORMATS if pairs else V0_FORMATS
+            if map_fn.leaf in known:
+                return known[map_fn.leaf]
             self.miss(d, "dataset_map_fn", f"{path}.dataset_map_fn", f"{map_fn.name}: no xtune format of that name")
             return "conversation"
         if isinstance(map_fn, Ref):
