@@ -124,15 +124,20 @@ class DataSettings(_Section):
     skip_bad_images: bool = Field(False, description="Skip (and count) records whose images fail; default: stop.")
 
 
-OBJECTIVE_NAMES = ("sft", "dpo", "ipo", "hinge", "simpo", "orpo", "reward")
-PREFERENCE_OBJECTIVES = OBJECTIVE_NAMES[1:]  # trained on preference pairs (reward: a scalar head, Bradley-Terry)
+OBJECTIVE_NAMES = ("sft", "dpo", "ipo", "hinge", "simpo", "orpo", "reward", "kto")
+PREFERENCE_OBJECTIVES = OBJECTIVE_NAMES[1:-1]  # trained on preference pairs (reward: a scalar head, Bradley-Terry)
 PREFERENCE_FORMATS = ("preference", "preference_conversations", "hh_rlhf")  # the built-in formats of pairs
+LABELLED_FORMATS = ("kto",)  # the built-in formats of KTO's unpaired samples, each labelled desirable or not
 
 
 class PreferenceSettings(_Section):
-    """The preference objectives' coefficients (training.objective dpo, ipo, hinge, simpo, orpo)."""
+    """The preference objectives' coefficients (training.objective dpo, ipo, hinge, simpo, orpo, kto)."""
 
     beta: float = Field(0.1, gt=0, description="How far the policy may move from the reference (SimPO: reward scale).")
+    desirable_weight: float = Field(1.0, gt=0, description="kto: weight of the loss of desirable (label true) replies.")
+    undesirable_weight: float = Field(
+        1.0, gt=0, description="kto: weight of the loss of undesirable (label false) replies."
+    )
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="dpo, simpo: share of pairs assumed mislabelled.")
     gamma: float = Field(0.5, ge=0.0, description="simpo: the reward margin chosen must win by (gamma / beta).")
     orpo_lambda: float = Field(0.1, gt=0, description="orpo: weight of the odds-ratio term beside the SFT loss.")
@@ -153,7 +158,9 @@ class TrainingSettings(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this; null: no clipping.")
     seed: int = Field(0, description="Random seed: data order, initialisation, dropout.")
     objective: Literal[OBJECTIVE_NAMES] = Field(
-        "sft", description="sft, or on preference pairs: dpo, ipo, hinge, simpo, orpo, or reward (a reward model)."
+        "sft",
+        description="sft, or on preference pairs: dpo, ipo, hinge, simpo, orpo, or reward (a reward model); "
+        "kto on replies labelled desirable or not (format kto).",
     )
     preference: PreferenceSettings = Field(PreferenceSettings(), description="Coefficients of the preference losses.")
     mixed_precision: Literal["auto", "bf16", "fp32"] = Field(

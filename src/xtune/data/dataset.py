@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import datasets
 from transformers import PreTrainedTokenizerBase
@@ -18,7 +19,14 @@ from transformers import PreTrainedTokenizerBase
 import xtune
 from xtune.assets import resolve_path
 from xtune.config.schema import DatasetSettings, DataSettings
-from xtune.data.encode import EncodedSample, encode_batch, has_trained_tokens, joined, sample_segment_lists
+from xtune.data.encode import (
+    EncodedSample,
+    encode_batch,
+    has_trained_tokens,
+    joined,
+    sample_segment_lists,
+    with_kl_replies,
+)
 from xtune.data.formats import MapFn, RecordError, get_map_fn
 from xtune.data.loading import load_records, record_locator
 from xtune.data.packing import Row, fill_ratio, pack, single_rows
@@ -77,6 +85,12 @@ class TrainingData:
     max_length: int
     packed: bool
     pairs: bool = False  # preference pairs (chosen and rejected) rather than single samples
+    labelled: bool = False  # KTO's labelled samples, each with its KL sequence (pairs too: two sequences each)
+
+    @property
+    def kind(self) -> str:
+        """What the samples are: conversations, pairs (chosen and rejected) or labelled (KTO's)."""
+        return "labelled" if self.labelled else "pairs" if self.pairs else "conversations"
 
     @property
     def num_samples(self) -> int:
@@ -99,7 +113,10 @@ class TrainingData:
         return fill_ratio(self.rows, self.max_length) if self.packed else None
 
     def summary(self) -> str:
-        samples = f"{self.num_samples // 2} pairs" if self.pairs else f"{self.num_samples} samples"
+        if self.labelled:
+            samples = f"{self.num_samples // 2} labelled samples"
+        else:
+            samples = f"{self.num_samples // 2} pairs" if self.pairs else f"{self.num_samples} samples"
         parts = [samples, f"{self.num_tokens} tokens", f"{len(self.rows)} rows"]
         if self.fill is not None:
             parts.append(f"packing fill {self.fill:.1%}")
@@ -136,26 +153,22 @@ class _RecordEncoder:
         records = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
         n = len(records)
         out: dict[str, list] = {"input_ids": [[]] * n, "labels": [[]] * n, "truncated": [False] * n}
-        out.update(images=[[]] * n, error=[""] * n, skip=[""] * n, parts=[[]] * n)
+        out.update(images=[[]] * n, error=[""] * n, skip=[""] * n, parts=[[]] * n, label=[None] * n)
+        mapped = {row: self._guarded(out, row, record, self.map_fn, record) for row, record in enumerate(records)}
+        mapped = {row: m for row, m in mapped.items() if m is not None}
+        for row, sample in list(mapped.items()):
+            if "messages" in sample and not any(m.get("role") == "assistant" for m in sample["messages"]):
+                out["skip"][row] = NO_ASSISTANT_TURN
+                del mapped[row]
+        labelled = [row for row, sample in mapped.items() if "label" in sample]  # KTO: pair each with its KL sequence
+        mapped.update(zip(labelled, with_kl_replies([mapped[row] for row in labelled]), strict=True))
         good = []
-        for row, record in enumerate(records):
-            try:
-                mapped = self.map_fn(record)
-                if "messages" in mapped and not any(m.get("role") == "assistant" for m in mapped["messages"]):
-                    out["skip"][row] = NO_ASSISTANT_TURN
-                    continue
-                good.append((row, sample_segment_lists(mapped, self.template, self.tokenizer, self.system)))
-                out["images"][row] = mapped.get("images", [])
-            except (RecordError, KeyError, TypeError, ValueError) as e:
-                if getattr(e, "skip_reason", None):
-                    out["skip"][row] = e.skip_reason
-                    continue
-                key = getattr(e, "key", None) or (e.args[0] if isinstance(e, KeyError) else None)
-                detail = f"missing key {key!r}" if isinstance(e, KeyError) else str(e)
-                out["error"][row] = (
-                    f"{detail} (format {self.format!r}, keys present: {', '.join(record) or 'none'}). Fix the record "
-                    "or choose the format that matches your data (`xtune list-dataset-format`)."
-                )
+        for row, sample in mapped.items():
+            render = sample_segment_lists
+            lists = self._guarded(out, row, records[row], render, sample, self.template, self.tokenizer, self.system)
+            if lists is not None:
+                good.append((row, lists))
+                out["images"][row], out["label"][row] = sample.get("images", []), sample.get("label")
         flat = [segments for _, lists in good for segments in lists]
         encoded = iter(encode_batch(flat, self.tokenizer, self.max_length) if flat else [])
         for row, lists in good:
@@ -167,6 +180,22 @@ class _RecordEncoder:
             )
             out["parts"][row] = sample.parts
         return out
+
+    def _guarded(self, out: dict[str, list], row: int, record: dict, step: Callable, *args: Any) -> Any:
+        """step(*args), or None where it fails on a bad record: its error message (or skip reason) goes in `out`."""
+        try:
+            return step(*args)
+        except (RecordError, KeyError, TypeError, ValueError) as e:
+            if getattr(e, "skip_reason", None):
+                out["skip"][row] = e.skip_reason
+                return None
+            key = getattr(e, "key", None) or (e.args[0] if isinstance(e, KeyError) else None)
+            detail = f"missing key {key!r}" if isinstance(e, KeyError) else str(e)
+            out["error"][row] = (
+                f"{detail} (format {self.format!r}, keys present: {', '.join(record) or 'none'}). Fix the record "
+                "or choose the format that matches your data (`xtune list-dataset-format`)."
+            )
+            return None
 
 
 def encode_records(
@@ -206,8 +235,10 @@ def encode_records(
         batches = (encoder(records[start : start + ENCODE_BATCH]) for start in range(0, len(records), ENCODE_BATCH))
     index = 0
     for columns in batches:
-        fields = ("input_ids", "labels", "truncated", "images", "error", "skip", "parts")
-        for ids, labels, truncated, images, error, skip, parts in zip(*(columns[k] for k in fields), strict=True):
+        fields = ("input_ids", "labels", "truncated", "images", "error", "skip", "parts", "label")
+        for ids, labels, truncated, images, error, skip, parts, label in zip(
+            *(columns[k] for k in fields), strict=True
+        ):
             if skip:
                 if on_skip is not None:
                     on_skip(skip, index)
@@ -216,7 +247,7 @@ def encode_records(
                     raise BadRecord(locate(index), error)
                 on_error(BadRecord(locate(index), error))
             else:
-                yield index, EncodedSample(ids, labels, truncated, images, parts)
+                yield index, EncodedSample(ids, labels, truncated, images, parts, label)
             index += 1
 
 
@@ -236,8 +267,11 @@ def tokenized_dataset(
         columns = datasets.load_from_disk(str(cache / "samples")).to_dict()
         images = columns.get("images") or [[] for _ in columns["input_ids"]]
         parts = columns.get("parts") or [[] for _ in columns["input_ids"]]
-        rows = zip(columns["input_ids"], columns["labels"], columns["truncated"], images, parts, strict=True)
-        samples = [EncodedSample(i, lab, t, list(im), list(p)) for i, lab, t, im, p in rows]
+        kto_labels = columns.get("label") or [None for _ in columns["input_ids"]]
+        rows = zip(
+            columns["input_ids"], columns["labels"], columns["truncated"], images, parts, kto_labels, strict=True
+        )
+        samples = [EncodedSample(i, lab, t, list(im), list(p), k) for i, lab, t, im, p, k in rows]
         stats = DatasetStats(
             stats_raw["samples"],
             stats_raw["tokens"],
@@ -275,6 +309,8 @@ def tokenized_dataset(
                 columns["images"] = [s.images for s in samples]
             if any(s.parts for s in samples):
                 columns["parts"] = [s.parts for s in samples]
+            if any(s.label is not None for s in samples):
+                columns["label"] = [s.label for s in samples]
             datasets.Dataset.from_dict(columns).save_to_disk(str(tmp / "samples"))
             stats_raw = {
                 "samples": stats.samples,
@@ -318,14 +354,15 @@ def build_training_data(
             "no sample has anything to train on: check the datasets' format and data.max_length "
             f"({data.max_length}); dropped: {dict(dropped)}"
         )
-    pairs = {bool(s.parts) for s in samples}
-    if len(pairs) > 1:
+    kinds = {(bool(s.parts), s.label is not None) for s in samples}
+    if len(kinds) > 1:
         raise DataError(
-            "the datasets mix preference pairs and single conversations; train them in separate runs "
-            "(SFT first, then a preference objective)"
+            "the datasets mix preference pairs, KTO's labelled conversations and single conversations; train them in "
+            "separate runs (SFT first, then a preference objective)"
         )
     rows = pack(samples, data.max_length) if data.pack_to_max_length else single_rows(samples)
-    return TrainingData(rows, all_stats, data.max_length, data.pack_to_max_length, pairs=pairs == {True})
+    (pairs, labelled) = kinds.pop()
+    return TrainingData(rows, all_stats, data.max_length, data.pack_to_max_length, pairs=pairs, labelled=labelled)
 
 
 def mixture_factors(datasets_: list[DatasetSettings], sizes: list[int]) -> list[float]:

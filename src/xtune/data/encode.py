@@ -28,6 +28,7 @@ class EncodedSample:
     # The lengths of the sequences this sample joins end to end, each with its own positions from 0: a preference
     # pair's chosen and rejected conversations. Empty: one sequence. Packing never splits them.
     parts: list[int] = field(default_factory=list)
+    label: bool | None = None  # KTO: whether the reply is desirable (its parts: the sample, then its KL sequence)
 
     def part_slices(self) -> list[slice]:
         """Where each sequence lies in input_ids (one slice for a plain sample)."""
@@ -60,8 +61,19 @@ def sample_segment_lists(
     return [sample_segments({"messages": c, **extra}, template, tokenizer, system) for c in preference_pair(sample)]
 
 
-def joined(sequences: Sequence[EncodedSample]) -> EncodedSample:
-    """Several encoded sequences as one sample (a preference pair), positions restarting at each (see parts)."""
+def with_kl_replies(samples: Sequence[Sample]) -> list[Sample]:
+    """KTO's samples (conversations with a `label`) as pairs of sequences: the conversation itself, then its KL
+    sequence, the same prompt answered by the previous sample's final reply (the last one's, for the first), as TRL
+    rotates completions by one. Both are rendered by the same template and only their final replies are scored."""
+    replies = [s["messages"][-1] for s in samples]
+    return [
+        {**s, "chosen": s["messages"], "rejected": [*s["messages"][:-1], replies[i - 1]]} for i, s in enumerate(samples)
+    ]
+
+
+def joined(sequences: Sequence[EncodedSample], label: bool | None = None) -> EncodedSample:
+    """Several encoded sequences as one sample (a preference pair; KTO's sample and its KL sequence, with its
+    `label`), positions restarting at each (see parts)."""
     if len(sequences) == 1:
         return sequences[0]
     return EncodedSample(
@@ -69,6 +81,7 @@ def joined(sequences: Sequence[EncodedSample]) -> EncodedSample:
         [label for s in sequences for label in s.labels],
         any(s.truncated for s in sequences),
         parts=[len(s.input_ids) for s in sequences],
+        label=label,
     )
 
 

@@ -23,9 +23,10 @@ from xtune.user_code import load_function
 class Sample(TypedDict, total=False):
     """A conversation (messages, and the tools it may call) or pre-training text; images for multimodal data; or a
     preference pair: two conversations, `chosen` and `rejected`, that share everything but their final assistant
-    turn (see preference_pair)."""
+    turn (see preference_pair); or, for KTO, a conversation with `label` (its final reply desirable or not)."""
 
     messages: list[Message]
+    label: bool
     chosen: list[Message]
     rejected: list[Message]
     tools: list[dict[str, Any]]
@@ -354,6 +355,19 @@ def hh_rlhf(record: dict) -> Sample:
     return sample
 
 
+def kto(record: dict) -> Sample:
+    """{"messages": [{"role", "content"}], "label": true|false} (KTO, unpaired): one conversation whose final assistant
+    reply is desirable (true) or not (false); only that reply is scored, earlier assistant turns are its prompt."""
+    label = record.get("label")
+    if not isinstance(label, bool):  # bool("false") is True: a quoted or numeric label would flip the preference
+        found = "missing" if label is None else f"{label!r}"
+        raise RecordError(f"key 'label' must be true or false (a JSON boolean), got {found}", "label")
+    messages = _conversation(record.get("messages"), "messages")
+    if messages[-1]["role"] != "assistant":
+        raise RecordError("key 'messages' must end with the assistant reply that 'label' judges", "messages")
+    return _with_tools({"messages": messages, "label": label}, record)
+
+
 MAP_FUNCTIONS: dict[str, MapFn] = {
     "alpaca": alpaca,
     "alpaca_zh": alpaca_zh,
@@ -366,6 +380,7 @@ MAP_FUNCTIONS: dict[str, MapFn] = {
     "preference": preference,
     "preference_conversations": preference_conversations,
     "hh_rlhf": hh_rlhf,
+    "kto": kto,
 }
 
 EXAMPLES: dict[str, dict] = {
@@ -390,6 +405,7 @@ EXAMPLES: dict[str, dict] = {
         "chosen": "\n\nHuman: Hi\n\nAssistant: Hello! How can I help?",
         "rejected": "\n\nHuman: Hi\n\nAssistant: What?",
     },
+    "kto": {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "What?"}], "label": False},
 }
 
 

@@ -25,6 +25,7 @@ class Row:
     images: list[str] = field(default_factory=list)
     # Each sample's reference log-probabilities, where an objective computed them before training (full-model DPO)
     reference_logps: list[float] = field(default_factory=list)
+    desirable: list[bool] = field(default_factory=list)  # KTO: each sample's label, in order
 
     def add(self, sample: EncodedSample) -> None:
         self.input_ids += sample.input_ids
@@ -32,6 +33,8 @@ class Row:
         for part in sample.part_slices():  # positions restart at each sequence (both of a preference pair)
             self.position_ids += range(part.stop - part.start)
         self.images += sample.images
+        if sample.label is not None:
+            self.desirable.append(sample.label)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -91,6 +94,8 @@ def collate(rows: Sequence[Row], pad_token_id: int, flatten: bool = False) -> di
     batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
     if any(row.reference_logps for row in rows):  # in batch order, as token_logps gives the policy's
         batch["reference_logps"] = torch.tensor([x for row in rows for x in row.reference_logps])
+    if any(row.desirable for row in rows):
+        batch["desirable"] = torch.tensor([x for row in rows for x in row.desirable], dtype=torch.bool)
     return batch
 
 
@@ -101,6 +106,7 @@ def _concatenated(rows: Sequence[Row]) -> Row:
         flat.labels += row.labels
         flat.position_ids += row.position_ids
         flat.reference_logps += row.reference_logps
+        flat.desirable += row.desirable
     return flat
 
 

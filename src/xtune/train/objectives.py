@@ -3,7 +3,7 @@ what it trains and the count that sum is normalised by; the recipe divides the g
 count, so accumulation and the number of ranks change nothing. `sft`: next-token cross-entropy, the mean over
 every trained token. Preference objectives (dpo, ipo, hinge, simpo, orpo) build on token_logps: the mean over pairs
 of a loss on the log-probabilities of each pair's chosen and rejected reply; `reward` trains a scalar head on pairs
-(Bradley-Terry).
+(Bradley-Terry); `kto`, the mean over unpaired replies labelled desirable or not.
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from xtune.config.schema import PREFERENCE_FORMATS, PREFERENCE_OBJECTIVES, PreferenceSettings, TrainingSettings
+from xtune.config.schema import (
+    LABELLED_FORMATS,
+    PREFERENCE_FORMATS,
+    PREFERENCE_OBJECTIVES,
+    PreferenceSettings,
+    TrainingSettings,
+)
 from xtune.data.dataset import TrainingData
 from xtune.data.encode import IGNORE_INDEX
 from xtune.data.packing import Row
@@ -56,28 +62,35 @@ class Forwards:
     cache_dir: Path  # where results computed ahead are cached (beside the tokenized data)
 
 
-def check_data(objective: str, formats: Sequence[str], pairs: bool | None = None, generates: bool = False) -> None:
-    """Preference objectives train on pairs only, sft on single samples only. Before the data is read, the built-in
-    formats say which they hold (`pairs` None); once it is tokenized, the samples (`pairs`) say for any format.
-    `generates`: evaluation.inputs are set, which a reward model cannot answer."""
+def check_data(objective: str, formats: Sequence[str], kind: str | None = None, generates: bool = False) -> None:
+    """Pairwise objectives train on pairs only, kto on labelled samples only, sft on single conversations only. Before
+    the data is read, the built-in formats say which they hold (`kind` None); once it is tokenized, the samples say
+    for any format (`kind`: TrainingData.kind). `generates`: evaluation.inputs are set, which a reward model cannot
+    answer."""
     if objective == "reward" and generates:
         raise ConfigError(
             "training.objective reward trains a scorer, which answers no evaluation.inputs; set evaluation.inputs: []"
         )
-    if pairs is None:
+    if kind is None:
         if any(":" in f for f in formats):  # a map function: known once tokenized
             return
-        pairs = not set(formats).isdisjoint(PREFERENCE_FORMATS)
-    if pairs and objective == "sft":
-        raise ConfigError(
-            "training.objective sft trains on single conversations but the datasets hold preference pairs; set "
-            f"training.objective to one of {', '.join(PREFERENCE_OBJECTIVES)}"
-        )
-    if not pairs and objective != "sft":
-        raise ConfigError(
-            f"training.objective {objective} trains on preference pairs but the datasets hold single conversations; "
-            f"use a preference format ({', '.join(PREFERENCE_FORMATS)}) or set training.objective: sft"
-        )
+        kinds = {"pairs" if f in PREFERENCE_FORMATS else "labelled" if f in LABELLED_FORMATS else "" for f in formats}
+        kind = "labelled" if "labelled" in kinds else "pairs" if "pairs" in kinds else "conversations"
+    wants = "conversations" if objective == "sft" else "labelled" if objective == "kto" else "pairs"
+    if kind == wants:
+        return
+    held = {"conversations": "single conversations", "pairs": "preference pairs", "labelled": "labelled replies"}
+    switch = {
+        "conversations": "set training.objective: sft",
+        "pairs": f"set training.objective to one of {', '.join(PREFERENCE_OBJECTIVES)}",
+        "labelled": "set training.objective: kto",
+    }[kind]
+    if wants != "conversations":
+        formats = f"a preference format ({', '.join(PREFERENCE_FORMATS)})" if wants == "pairs" else "the kto format"
+        switch = f"use {formats} or {switch}"
+    raise ConfigError(
+        f"training.objective {objective} trains on {held[wants]} but the datasets hold {held[kind]}; {switch}"
+    )
 
 
 class SFT:
@@ -282,7 +295,8 @@ def reference_pass(model: torch.nn.Module, rows: Sequence[Row], run: Forwards, w
             logps = []
             with torch.no_grad():
                 for start in range(0, len(rows), run.batch_size):
-                    batch = {k: v.to(run.device) for k, v in run.collate(rows[start : start + run.batch_size]).items()}
+                    batch = run.collate(rows[start : start + run.batch_size])
+                    batch = {k: v.to(run.device) for k, v in batch.items() if k != "desirable"}  # KTO's labels
                     with run.autocast():
                         logps.append(token_logps(model, batch).cpu())
             write_atomically(entry, lambda tmp: save_file({"logps": torch.cat(logps)}, tmp / path.name))
@@ -346,6 +360,89 @@ def sequence_scores(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
     return lm.score(hidden[ends][kept]).squeeze(-1).float()
 
 
+def kto_losses(
+    s: PreferenceSettings, logratios: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor
+) -> torch.Tensor:
+    """Each sample's KTO loss (Ethayarajh et al. 2024, eq. 7, as TRL's KTOTrainer): from the log-ratio of its reply
+    (policy over reference), its label and the batch's KL estimate, weighted by desirable/undesirable_weight."""
+    return torch.where(
+        desirable,
+        s.desirable_weight * (1 - torch.sigmoid(s.beta * (logratios - kl))),
+        s.undesirable_weight * (1 - torch.sigmoid(s.beta * (kl - logratios))),
+    )
+
+
+class KTO:
+    """KTO on unpaired replies, each labelled desirable or not: the mean over samples of kto_losses. Each sample is
+    two sequences (see encode.with_kl_replies): its conversation, and its KL sequence, the same prompt answered by
+    the previous record's reply (a rotation by one in file order, as TRL rotates completions by one). The reference
+    is found as for the pairwise objectives: adapters disabled (LoRA, QLoRA) or the cached reference pass (full).
+
+    The KL estimate z0 of a micro-batch, as TRL's: the mean over its samples on every rank of the KL sequences'
+    log-ratios (policy over reference), detached, clamped at 0. xtune forms it as the sum over the micro-batch's
+    samples, summed over the ranks, divided by the samples of all ranks (TRL: the mean of each rank's mean, the same
+    where the ranks hold equal sample counts, as TRL's unpacked batches do). Each micro-batch has its own estimate,
+    as each of TRL's does; the loss is then exact over the global window (sum over samples / samples). TRL's batches
+    read the dataset in order so that a batch's KL replies are its own replies rotated; xtune shuffles and packs,
+    so a batch's KL replies are those of each sample's predecessor in the file: the same estimator of the policy's
+    KL from the reference on mismatched pairs, from a different draw."""
+
+    STATS = ("rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "desirable", "undesirable", "kl")
+
+    def __init__(self, settings: PreferenceSettings, world: World):
+        self.settings, self.world = settings, world
+        self.stats = torch.zeros(len(self.STATS), dtype=torch.float64)
+        self.estimates = 0  # micro-batches whose KL estimate is summed in stats
+
+    def prepare(self, model: torch.nn.Module, data: TrainingData, run: Forwards) -> None:
+        if not hasattr(model, "disable_adapter"):
+            reference_pass(model, data.rows, run, self.world)
+
+    def count(self, batch: dict[str, torch.Tensor]) -> int:
+        """The samples of this micro-batch (each with its KL sequence)."""
+        return len(trained_token_counts(batch)) // 2
+
+    def loss_sum(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = dict(batch)
+        reference, desirable = batch.pop("reference_logps", None), batch.pop("desirable")
+        logps = token_logps(model, batch)
+        if reference is None:
+            with torch.no_grad(), model.disable_adapter():
+                reference = token_logps(model, batch)
+        reference = reference.to(logps)
+        logratios, kl_logratios = logps[0::2] - reference[0::2], (logps[1::2] - reference[1::2]).detach()
+        kl_sum = all_reduce_sum(float(kl_logratios.double().sum()), self.world)
+        kl = torch.tensor(kl_sum / all_reduce_sum(len(kl_logratios), self.world)).clamp(min=0).to(logps)
+        losses = kto_losses(self.settings, logratios, desirable, kl)
+        rewards, own = self.settings.beta * logratios.detach(), logps[0::2].detach()
+        stats = [rewards[desirable], rewards[~desirable], own[desirable], own[~desirable]]
+        self.stats += torch.tensor(
+            [*(float(x.double().sum()) for x in stats), float(desirable.sum()), float((~desirable).sum()), float(kl)],
+            dtype=torch.float64,
+        )
+        self.estimates += 1
+        return losses.sum()
+
+    def metrics(self, loss_sum: float, count: float) -> dict[str, float]:
+        """The window's mean loss; rewards and log-probs averaged over the desirable and the undesirable replies of
+        every rank; kl: the mean of the window's micro-batch estimates."""
+        sums = dict(zip(self.STATS, (all_reduce_sum(float(x), self.world) for x in self.stats), strict=True))
+        estimates = all_reduce_sum(self.estimates, self.world)
+        self.stats.zero_()
+        self.estimates = 0
+        good, bad = max(sums["desirable"], 1), max(sums["undesirable"], 1)
+        return {
+            "loss": loss_sum / max(count, 1),
+            "rewards/chosen": sums["rewards/chosen"] / good,
+            "rewards/rejected": sums["rewards/rejected"] / bad,
+            "rewards/margin": sums["rewards/chosen"] / good - sums["rewards/rejected"] / bad,
+            "logps/chosen": sums["logps/chosen"] / good,
+            "logps/rejected": sums["logps/rejected"] / bad,
+            "kl": sums["kl"] / max(estimates, 1),
+            "samples": count,
+        }
+
+
 def _sft(training: TrainingSettings, world: World) -> Objective:
     return SFT()  # compiled by the recipe where training.compile decides so (SFT.compile)
 
@@ -358,6 +455,7 @@ OBJECTIVES: dict[str, Callable[[TrainingSettings, World], Objective]] = {
     "sft": _sft,
     **{name: _preference(name) for name in PREFERENCE_OBJECTIVES if name != "reward"},
     "reward": lambda training, world: Reward(world),
+    "kto": lambda training, world: KTO(training.preference, world),
 }
 
 

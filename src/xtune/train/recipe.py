@@ -83,7 +83,7 @@ class FinetuneRecipe:
         resume_from, skipped = checkpoint_to_resume(self.work_dir, resume)
         torch.manual_seed(cfg.training.seed)
         self._setup_data()
-        check_data(cfg.training.objective, formats, self.data.pairs)
+        check_data(cfg.training.objective, formats, self.data.kind)
         self._setup_run_dir(overwrite, skipped)
         self._setup_model()
         self._prepare_objective()
