@@ -95,6 +95,14 @@ HH_PROBLEM = (
     "key 'chosen' must be '\\n\\nHuman: ...\\n\\nAssistant: ...' turns (format 'hh_rlhf', keys present: chosen, "
     "rejected). Fix the record or choose the format that matches your data (`xtune list-dataset-format`)."
 )
+KTO = ("--set", "training.objective=kto")
+KTO_REPLY = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
+KTO_FIX = (
+    "(format 'kto', keys present: messages, label). Fix the record or choose the format that matches your data "
+    "(`xtune list-dataset-format`)."
+)
+KTO_QUOTED_LABEL = f"key 'label' must be true or false (a JSON boolean), got 'yes' {KTO_FIX}"
+KTO_NO_LABEL = f"missing key 'label': true if the final reply is desirable, false if not {KTO_FIX}"
 CHECK_FAILED = "xtune: error: {n} problem(s) that stop training; see the lines starting with 'error:' above"
 
 
@@ -433,6 +441,23 @@ CASES = [
         ["train", PRESET, "--work-dir", "{work}", "--set", "training.objective=dpo"],
         "xtune: error: training.objective dpo trains on preference pairs but the datasets hold single conversations; "
         "use a preference format (preference, preference_conversations, hh_rlhf) or set training.objective: sft",
+    ),
+    # KTO's samples: a label that is not a JSON boolean, or none; labelled data for another objective
+    *record_cases(
+        "kto-label-not-boolean",
+        jsonl({**KTO_REPLY, "label": True}, {**KTO_REPLY, "label": "yes"}, KTO_REPLY),
+        f"xtune: error: {{data}}:2: {KTO_QUOTED_LABEL}",
+        2,
+        [f"error: {{data}}:2: {KTO_QUOTED_LABEL}", f"error: {{data}}:3: {KTO_NO_LABEL}"],
+        fmt="kto",
+        extra=KTO,
+    ),
+    Case(
+        "labelled-replies-with-objective-dpo",
+        ["train", PRESET, "--work-dir", "{work}", *DPO, "--set", datasets_override("d.jsonl", "kto")],
+        "xtune: error: training.objective dpo trains on preference pairs but the datasets hold labelled replies; use "
+        "a preference format (preference, preference_conversations, hh_rlhf) or set training.objective: kto",
+        {"d.jsonl": jsonl({**KTO_REPLY, "label": True})},
     ),
     # 11. causes that used to escape as tracebacks
     Case(

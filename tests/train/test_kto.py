@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from contextlib import nullcontext
 
 import pytest
 import torch
 
 from xtune.assets import resolve_path
+from xtune.cli import main
 from xtune.config.schema import DatasetSettings, DataSettings, PreferenceSettings
 from xtune.data.dataset import encode_records
 from xtune.data.encode import IGNORE_INDEX, EncodedSample, joined
@@ -126,9 +128,10 @@ def test_kto_starts_at_half(method, tmp_path):
     assert records[1]["loss"] < 0.5 and records[1]["rewards/margin"] > 0
 
 
-def test_kto_format_scores_the_final_reply_with_the_sft_render(tmp_path, tiny_tokenizer):
+def test_kto_format_scores_the_final_reply_with_the_sft_render(tmp_path, tiny_tokenizer, capsys):
     """The kto sample renders as SFT renders the same messages (byte-identical prompt), only its final reply is
-    trained, and its KL sequence is the same prompt answered by the previous record's reply."""
+    trained, and its KL sequence is the same prompt answered by the previous record's reply. check-dataset counts
+    the samples and their labels."""
     records = [
         {
             "messages": [
@@ -161,3 +164,8 @@ def test_kto_format_scores_the_final_reply_with_the_sft_render(tmp_path, tiny_to
         assert decode([t for t in sample.labels[kl] if t != IGNORE_INDEX]) == previous + "<|im_end|>"
         prompt = sample.labels[own].index(trained[0])
         assert sample.input_ids[kl][:prompt] == sample.input_ids[own][:prompt]
+
+    override = json.dumps([{"path": str(tmp_path / "kto.jsonl"), "format": "kto"}])
+    main(["check-dataset", "tiny_assistant_lora", *("--set", "training.objective=kto"), "--set", f"data.datasets={override}"])
+    out = capsys.readouterr().out
+    assert re.search(r"usable samples\s+2\b", out) and re.search(r"desirable / undesirable\s+1 / 1\b", out)

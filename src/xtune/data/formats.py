@@ -359,9 +359,10 @@ def kto(record: dict) -> Sample:
     """{"messages": [{"role", "content"}], "label": true|false} (KTO, unpaired): one conversation whose final assistant
     reply is desirable (true) or not (false); only that reply is scored, earlier assistant turns are its prompt."""
     label = record.get("label")
+    if label is None:
+        raise RecordError("missing key 'label': true if the final reply is desirable, false if not", "label")
     if not isinstance(label, bool):  # bool("false") is True: a quoted or numeric label would flip the preference
-        found = "missing" if label is None else f"{label!r}"
-        raise RecordError(f"key 'label' must be true or false (a JSON boolean), got {found}", "label")
+        raise RecordError(f"key 'label' must be true or false (a JSON boolean), got {label!r}", "label")
     messages = _conversation(record.get("messages"), "messages")
     if messages[-1]["role"] != "assistant":
         raise RecordError("key 'messages' must end with the assistant reply that 'label' judges", "messages")

@@ -71,6 +71,7 @@ def check_dataset(
         errors, skipped = GroupedProblems(), GroupedProblems()
         lengths, truncated, dropped = [], 0, Counter()
         prompt_lengths, reply_lengths = [], []  # preference pairs: the shared prompt, and each reply
+        labels = Counter()  # KTO's samples: desirable (True) or not
         locate = record_locator(resolve_path(dataset.path))
 
         def count_skipped(reason: str, index: int, dropped: Counter = dropped, skipped=skipped, locate=locate) -> None:
@@ -89,12 +90,17 @@ def check_dataset(
             lengths.append(len(sample.input_ids))
             if sample.parts:
                 replies = [[label != IGNORE_INDEX for label in sample.labels[part]] for part in sample.part_slices()]
+                if sample.label is not None:  # KTO: its own reply (the second sequence is its KL sequence)
+                    labels[sample.label] += 1
+                    replies = replies[:1]
                 prompt_lengths.append(replies[0].index(True))
                 reply_lengths += [sum(reply) for reply in replies]
         console.print(f"[bold]{dataset.path}[/] (format {dataset.format})", soft_wrap=True)
         table = Table(show_header=False, box=None, padding=(0, 2))
         table.add_row("records", str(len(lengths) + sum(dropped.values()) + len(errors)))
-        table.add_row("usable pairs" if prompt_lengths else "usable samples", str(len(lengths)))
+        table.add_row("usable pairs" if prompt_lengths and not labels else "usable samples", str(len(lengths)))
+        if labels:
+            table.add_row("desirable / undesirable", f"{labels[True]} / {labels[False]}")
         table.add_row("tokens", str(sum(lengths)))
         table.add_row(f"truncated to {cfg.data.max_length}", str(truncated))
         for reason, count in dropped.items():
