@@ -165,7 +165,7 @@ def test_kto_format_scores_the_final_reply_with_the_sft_render(tmp_path, tiny_to
         prompt = sample.labels[own].index(trained[0])
         assert sample.input_ids[kl][:prompt] == sample.input_ids[own][:prompt]
 
-    override = json.dumps([{"path": str(tmp_path / "kto.jsonl"), "format": "kto"}])
-    main(["check-dataset", "tiny_assistant_lora", *("--set", "training.objective=kto"), "--set", f"data.datasets={override}"])
+    data = json.dumps([{"path": str(tmp_path / "kto.jsonl"), "format": "kto"}])
+    main(["check-dataset", "tiny_assistant_lora", "--set", "training.objective=kto", "--set", f"data.datasets={data}"])
     out = capsys.readouterr().out
     assert re.search(r"usable samples\s+2\b", out) and re.search(r"desirable / undesirable\s+1 / 1\b", out)
